@@ -1,0 +1,255 @@
+"""Admission, queue entries, batch packing and the hand-off to the backend thread.
+
+Ownership and threads:
+
+* :class:`Admission` and :class:`Job` live on the event loop and are only touched there.
+* :class:`BatchQueue` is the one structure shared with the backend thread. The loop appends entries under its lock;
+  the backend thread takes a packed :class:`Batch` under the same lock at the moment it is ready for one, so a batch
+  holds everything that arrived while the previous forward pass ran (continuous batching, no wait timer, no polling).
+* Results go back to the loop with ``call_soon_threadsafe``: one callback per batch, never a future per input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from itertools import accumulate
+from typing import Any
+
+from embedserve.errors import UnhealthyError
+
+PACK_WINDOW = 4096
+"""Most queued entries the packer looks at (oldest first). Bounds its cost when the admission bound is huge."""
+
+
+class Admission:
+    """Slots for inputs in flight (queued or running). Event-loop only, so no lock."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._idle: asyncio.Event | None = None
+
+    def try_acquire(self, n: int) -> bool:
+        """Take ``n`` slots if all are free; never waits."""
+        if self.in_use + n > self.capacity:
+            return False
+        self.in_use += n
+        return True
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` slots taken by :meth:`try_acquire`."""
+        self.in_use -= n
+        if self.in_use == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no slot is taken (used to drain)."""
+        if self.in_use == 0:
+            return
+        self._idle = asyncio.Event()
+        await self._idle.wait()
+
+
+class Job:
+    """One request's inputs in flight, and the future its handler awaits."""
+
+    __slots__ = (
+        "_last_batch",
+        "future",
+        "inference_seconds",
+        "remaining",
+        "request_id",
+        "rows",
+        "t_enqueued",
+        "t_first_start",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, request_id: str = "") -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.rows: list[Any] = [None] * size
+        self.remaining = size
+        self.request_id = request_id
+        self.t_enqueued = time.perf_counter()
+        self.t_first_start: float | None = None
+        self.inference_seconds = 0.0
+        self._last_batch: Batch | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the handler gave up (client gone); the packer then skips this job's entries."""
+        return self.future.done() and self.remaining > 0
+
+    def deliver(self, index: int, row: Any, batch: Batch) -> None:
+        """Store the result of input ``index``; resolve the future when the last one lands. Loop only."""
+        if self.future.done():
+            return
+        self.rows[index] = row
+        self.remaining -= 1
+        if batch is not self._last_batch:
+            self._last_batch = batch
+            self.inference_seconds += batch.t_end - batch.t_start
+            if self.t_first_start is None or batch.t_start < self.t_first_start:
+                self.t_first_start = batch.t_start
+        if self.remaining == 0:
+            self.future.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the whole job. Loop only."""
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class Entry:
+    """One input of one job, waiting in the queue."""
+
+    __slots__ = ("ids", "index", "job")
+
+    def __init__(self, job: Job, index: int, ids: list[int]) -> None:
+        self.job = job
+        self.index = index
+        self.ids = ids
+
+
+class Batch:
+    """Entries packed into one forward pass. Created and timed on the backend thread; resolved on the loop."""
+
+    __slots__ = ("entries", "loop", "t_end", "t_start")
+
+    def __init__(self, entries: list[Entry], loop: asyncio.AbstractEventLoop) -> None:
+        self.entries = entries
+        self.loop = loop
+        self.t_start = 0.0
+        self.t_end = 0.0
+
+    @property
+    def token_ids(self) -> list[list[int]]:
+        """The inputs' token ids, in batch order."""
+        return [entry.ids for entry in self.entries]
+
+    @property
+    def padded_tokens(self) -> int:
+        """What the forward pass computes: inputs x longest input."""
+        return len(self.entries) * max(len(entry.ids) for entry in self.entries)
+
+    @property
+    def real_tokens(self) -> int:
+        """Tokens that are not padding."""
+        return sum(len(entry.ids) for entry in self.entries)
+
+    def complete(self, outputs: Iterable[Any]) -> None:
+        """Hand per-input results (in batch order) back to the loop. Thread-safe."""
+        self.loop.call_soon_threadsafe(self._resolve, outputs)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail every job with an input in this batch. Thread-safe."""
+        self.loop.call_soon_threadsafe(self._reject, exc)
+
+    def _resolve(self, outputs: Iterable[Any]) -> None:
+        for entry, row in zip(self.entries, outputs, strict=True):
+            entry.job.deliver(entry.index, row, self)
+
+    def _reject(self, exc: BaseException) -> None:
+        for entry in self.entries:
+            entry.job.fail(exc)
+
+
+def pack(lengths: Sequence[int], max_tokens: int, max_requests: int | None) -> list[int]:
+    """Choose which queued inputs form the next batch.
+
+    ``lengths`` are token counts in arrival order; index 0 is the oldest input and is always chosen, so no input
+    waits behind more than one batch of younger ones (fairness). The padded cost of a batch is
+    ``count * longest`` and must stay within ``max_tokens``; the count within ``max_requests``.
+
+    If everything fits, everything goes. Otherwise inputs are sorted by length and, among the runs of neighbours in
+    that order that contain the oldest input, the run with the most real (unpadded) tokens wins, ties going to the
+    least padding: similar lengths end up together and little of the budget is spent on padding.
+    Returns indices into ``lengths``.
+    """
+    n = len(lengths)
+    cap = n if max_requests is None else min(n, max_requests)
+    if cap == n and n * max(lengths) <= max_tokens:
+        return list(range(n))
+    order = sorted(range(n), key=lengths.__getitem__)  # stable: equal lengths stay oldest-first
+    head = order.index(0)
+    sorted_lengths = [lengths[i] for i in order]
+    prefix = [0, *accumulate(sorted_lengths)]
+    best = (head, head)
+    best_key = (-1, 0)
+    for end in range(head, n):
+        longest = sorted_lengths[end]
+        count = min(cap, max_tokens // longest, end + 1)
+        start = end - count + 1
+        if start > head:
+            break  # longer runs only shrink from here on and can no longer reach the oldest input
+        useful = prefix[end + 1] - prefix[start]
+        key = (useful, useful - count * longest)
+        if key > best_key:
+            best, best_key = (start, end), key
+    return [order[k] for k in range(best[0], best[1] + 1)]
+
+
+class BatchQueue:
+    """Queued inputs of one model, shared between the event loop (producer) and its backend thread (consumer)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, max_batch_tokens: int, max_batch_requests: int | None
+    ) -> None:
+        self._loop = loop
+        self._max_tokens = max_batch_tokens
+        self._max_requests = max_batch_requests
+        self._cond = threading.Condition()
+        self._pending: list[Entry] = []
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, job: Job, token_ids: list[list[int]]) -> None:
+        """Queue every input of ``job``. Loop side. Raises UnhealthyError once the queue is closed."""
+        entries = [Entry(job, i, ids) for i, ids in enumerate(token_ids)]
+        with self._cond:
+            if self._closed:
+                raise UnhealthyError("the model is shutting down")
+            self._pending.extend(entries)
+            self._cond.notify()
+
+    def discard(self, job: Job) -> None:
+        """Drop the still-queued inputs of a job whose client went away. Loop side."""
+        with self._cond:
+            self._pending = [entry for entry in self._pending if entry.job is not job]
+
+    def take(self, *, block: bool) -> Batch | None:
+        """The next packed batch. Backend side. Returns None when closed (or, with ``block=False``, when empty)."""
+        with self._cond:
+            while True:
+                if self._pending and self._pending[0].job.cancelled:
+                    self._pending = [entry for entry in self._pending if not entry.job.cancelled]
+                    continue
+                if self._pending:
+                    break
+                if self._closed or not block:
+                    return None
+                self._cond.wait()
+            window = self._pending[:PACK_WINDOW]
+            chosen = pack([len(entry.ids) for entry in window], self._max_tokens, self._max_requests)
+            picked = set(chosen)
+            entries = [window[i] for i in chosen]
+            self._pending = [entry for i, entry in enumerate(window) if i not in picked] + self._pending[PACK_WINDOW:]
+        return Batch(entries, self._loop)
+
+    def close(self) -> list[Entry]:
+        """Stop handing out batches; returns what was still queued so the caller can fail it."""
+        with self._cond:
+            self._closed = True
+            left, self._pending = self._pending, []
+            self._cond.notify_all()
+        return left
+
+    def fail_pending(self, exc: BaseException) -> None:
+        """Close, and fail every job that still had inputs queued. Thread-safe."""
+        left = self.close()
+        if left:
+            Batch(left, self._loop).fail(exc)

@@ -1,0 +1,149 @@
+"""The ``embedserve`` command: flags generated from the settings dataclasses, then uvicorn.
+
+Every settings field becomes ``--field-name``; its value comes from the flag, else ``EMBEDSERVE_FIELD_NAME``, else
+the bare TEI-style ``FIELD_NAME`` (where the field allows it), else the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, fields
+from typing import Any
+
+from embedserve import __version__
+from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError, env_names, flag_name
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _field_kind(hint: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None, bool]:
+    """(converter, choices, is_bool) for a field's type hint; ``X | None`` is treated as X."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0]
+    if hint is bool:
+        return _parse_bool, None, True
+    if typing.get_origin(hint) is typing.Literal:
+        choices = tuple(str(c) for c in typing.get_args(hint))
+        return str, choices, False
+    if hint is int:
+        return int, None, False
+    return str, None, False
+
+
+def _settings_fields(cls: type[Any]) -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f) for f in fields(cls)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one flag per settings field."""
+    parser = argparse.ArgumentParser(
+        prog="embedserve",
+        description="Serve embedding models over HTTP with dynamic batching (TEI and OpenAI compatible APIs).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--version", action="version", version=f"embedserve {__version__}")
+    for title, cls in (("model", ModelSettings), ("server", ServerSettings)):
+        group = parser.add_argument_group(title)
+        for name, hint, f in _settings_fields(cls):
+            convert, choices, is_bool = _field_kind(hint)
+            envs = ", ".join(env_names(name, f.metadata))
+            default = f.default if f.default is not MISSING else None
+            text = f"{f.metadata['help']} [env: {envs}] [default: {_show(default)}]"
+            if is_bool:
+                group.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, help=text)
+            else:
+                group.add_argument(
+                    flag_name(name), type=convert, choices=choices, help=text, metavar=f.metadata.get("metavar")
+                )
+    # Defaults are shown in the help text itself; the formatter would otherwise print "==SUPPRESS==".
+    parser.formatter_class = argparse.HelpFormatter
+    return parser
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Settings:
+    """Settings from flags over environment over defaults. Raises SettingsError naming the bad flag or variable."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    values: dict[type[Any], dict[str, Any]] = {ModelSettings: {}, ServerSettings: {}}
+    for cls, chosen in values.items():
+        for name, hint, f in _settings_fields(cls):
+            if name in args:
+                chosen[name] = args[name]
+                continue
+            convert, choices, _ = _field_kind(hint)
+            for env in env_names(name, f.metadata):
+                raw = environ.get(env)
+                if raw is None or raw == "":
+                    continue
+                try:
+                    value = convert(raw)
+                except ValueError as exc:
+                    raise SettingsError(f"environment variable {env}={raw!r}: {exc}") from None
+                if choices is not None and value not in choices:
+                    raise SettingsError(f"environment variable {env}={raw!r} is not one of {', '.join(choices)}")
+                chosen[name] = value
+                break
+    return Settings(server=ServerSettings(**values[ServerSettings]), models=(ModelSettings(**values[ModelSettings]),))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, check, serve until SIGTERM/SIGINT. Returns the exit status."""
+    try:
+        settings = parse_settings(argv, os.environ)
+        settings.check()
+    except SettingsError as exc:
+        sys.stderr.write(f"embedserve: error: {exc}\n")
+        return 2
+
+    import uvicorn  # imported here so that --help and errors in flags stay fast
+
+    from embedserve import logs
+    from embedserve.app import create_app
+
+    logs.configure(json_output=settings.server.json_output, level=settings.server.log_level)
+    failures: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_error(exc: BaseException) -> None:
+        failures.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_error=on_load_error)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.hostname,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 1 if failures else 0

@@ -1,0 +1,199 @@
+"""One error taxonomy, one status table, two body shapes.
+
+Every failure a client can see is an :class:`EmbedServeError` subclass. The class decides the HTTP status, the TEI
+``error_type`` and the OpenAI ``type``/``code``; the route family decides only the body shape:
+
+* native (TEI) routes: ``{"error": "<message>", "error_type": "<Type>"}``
+* ``/v1/*`` (OpenAI): ``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``
+
+This module imports neither starlette nor torch, so the core can raise these errors freely.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EmbedServeError(Exception):
+    """Base of every client-visible error. Subclasses set the class attributes; instances carry the message."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "Backend"
+    openai_type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers: dict[str, str] = headers or {}
+
+
+class EmptyInputError(EmbedServeError):
+    """An empty ``inputs`` / ``input`` list or an empty string in it."""
+
+    status = 400
+    error_type = "Empty"
+    openai_type = "invalid_request_error"
+    code = "empty_input"
+
+
+class InvalidJSONError(EmbedServeError):
+    """The body is not valid UTF-8 JSON."""
+
+    status = 400
+    error_type = "InvalidJson"
+    openai_type = "invalid_request_error"
+    code = "invalid_json"
+
+
+class UnauthorizedError(EmbedServeError):
+    """Missing or unknown API key."""
+
+    status = 401
+    error_type = "Unauthorized"
+    openai_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class RouteNotFoundError(EmbedServeError):
+    """No route at this path."""
+
+    status = 404
+    error_type = "NotFound"
+    openai_type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(EmbedServeError):
+    """The ``model`` field names no served model."""
+
+    status = 404
+    error_type = "ModelNotFound"
+    openai_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class MethodNotAllowedError(EmbedServeError):
+    """The route exists but not for this HTTP method."""
+
+    status = 405
+    error_type = "MethodNotAllowed"
+    openai_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLargeError(EmbedServeError):
+    """The body is larger than ``--payload-limit``."""
+
+    status = 413
+    error_type = "PayloadTooLarge"
+    openai_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(EmbedServeError):
+    """A body sent with a content type other than JSON."""
+
+    status = 415
+    error_type = "UnsupportedMediaType"
+    openai_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class ValidationError(EmbedServeError):
+    """Well-formed JSON with a wrong value: types, ranges, too many or too long inputs, unknown prompt."""
+
+    status = 422
+    error_type = "Validation"
+    openai_type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class CapabilityError(ValidationError):
+    """The model cannot serve this route (for example ``dimensions`` beyond its size)."""
+
+    code = "unsupported_for_model"
+
+
+class OverloadedError(EmbedServeError):
+    """Admission is full: every slot of ``--max-concurrent-requests`` is taken."""
+
+    status = 429
+    error_type = "Overloaded"
+    openai_type = "rate_limit_error"
+    code = "overloaded"
+
+
+class RateLimitedError(EmbedServeError):
+    """The caller's governor refused the request; ``Retry-After`` says when to try again."""
+
+    status = 429
+    error_type = "RateLimited"
+    openai_type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class UnhealthyError(EmbedServeError):
+    """The model is loading, the server is draining, or the backend is dead."""
+
+    status = 503
+    error_type = "Unhealthy"
+    openai_type = "server_error"
+    code = "unavailable"
+
+
+class BackendError(EmbedServeError):
+    """Inference failed. The message is generic; the details are in the server log under the request id."""
+
+    status = 500
+    error_type = "Backend"
+    openai_type = "server_error"
+    code = "internal_error"
+
+
+_STATUS_CLASSES: dict[int, type[EmbedServeError]] = {
+    404: RouteNotFoundError,
+    405: MethodNotAllowedError,
+    413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError,
+}
+
+
+def from_http_status(status: int, detail: str) -> EmbedServeError:
+    """Map a framework-level HTTP error (unknown route, wrong method) into the taxonomy."""
+    cls = _STATUS_CLASSES.get(status)
+    if cls is not None:
+        return cls(detail)
+    if 400 <= status < 500:
+        return ValidationError(detail)
+    return BackendError("internal error")
+
+
+def render_tei(err: EmbedServeError) -> dict[str, Any]:
+    """The flat TEI body."""
+    return {"error": err.message, "error_type": err.error_type}
+
+
+def render_openai(err: EmbedServeError) -> dict[str, Any]:
+    """The OpenAI envelope."""
+    return {"error": {"message": err.message, "type": err.openai_type, "param": err.param, "code": err.code}}
+
+
+ERROR_TABLE: tuple[type[EmbedServeError], ...] = (
+    EmptyInputError,
+    InvalidJSONError,
+    UnauthorizedError,
+    RouteNotFoundError,
+    ModelNotFoundError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    ValidationError,
+    CapabilityError,
+    OverloadedError,
+    RateLimitedError,
+    UnhealthyError,
+    BackendError,
+)
+"""Every error class, in the order the README's table lists them."""

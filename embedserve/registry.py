@@ -1,0 +1,66 @@
+"""Served model name -> runtime; loading them, resolving the ``model`` field, aggregate health and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from embedserve.backend import InferenceModel, ModelInfo
+from embedserve.errors import ModelNotFoundError
+from embedserve.runtime import Loader, ModelRuntime, State
+from embedserve.settings import ModelSettings, Settings
+
+log = logging.getLogger("embedserve.registry")
+
+
+def default_loader(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
+    """Load with transformers; imported lazily so that importing the server does not import torch."""
+    from embedserve import modeling  # torch lives behind this import
+
+    return modeling.load(spec)
+
+
+class Registry:
+    """Every model this process serves, in configuration order; the first is the default."""
+
+    def __init__(self, settings: Settings, loader: Loader = default_loader) -> None:
+        self.runtimes: dict[str, ModelRuntime] = {
+            spec.served_name: ModelRuntime(spec, loader) for spec in settings.models
+        }
+        self.default = next(iter(self.runtimes.values()))
+        self.loaded = asyncio.Event()
+
+    def resolve(self, name: str | None) -> ModelRuntime:
+        """The runtime serving ``name``; the default model when ``name`` is None."""
+        if name is None:
+            return self.default
+        runtime = self.runtimes.get(name)
+        if runtime is None:
+            served = ", ".join(repr(n) for n in self.runtimes)
+            raise ModelNotFoundError(f"model {name!r} is not served here; served models: {served}", param="model")
+        return runtime
+
+    async def start(self) -> None:
+        """Load every model, one after the other (they may share a GPU). Raises on the first failure."""
+        try:
+            for runtime in self.runtimes.values():
+                await runtime.start()
+        finally:
+            self.loaded.set()
+
+    @property
+    def healthy(self) -> bool:
+        """True when every model is ready with a live backend."""
+        return all(runtime.healthy for runtime in self.runtimes.values())
+
+    @property
+    def state(self) -> str:
+        """A one-word summary for /health: the least ready model's state."""
+        for state in (State.FAILED, State.STOPPED, State.DRAINING, State.LOADING):
+            if any(runtime.state is state for runtime in self.runtimes.values()):
+                return state.value
+        return "ready" if self.healthy else "unhealthy"
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Drain every model in parallel within one grace period."""
+        await asyncio.gather(*(runtime.drain(grace_seconds) for runtime in self.runtimes.values()))

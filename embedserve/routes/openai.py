@@ -1,0 +1,80 @@
+"""OpenAI-compatible routes: ``/v1/embeddings`` (and the bare ``/embeddings`` alias), ``/v1/models``."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from embedserve.routes.common import context, run_embed
+from embedserve.runtime import ModelRuntime
+from embedserve.schemas import parse_openai_embeddings
+from embedserve.web import endpoint, json_response
+
+_STARTED = int(time.time())
+
+
+@endpoint
+async def embeddings(request: Request) -> Response:
+    """``{"object": "list", "data": [...], "model": ..., "usage": ...}`` with float lists or base64 float32."""
+    parsed, runtime, result, headers = await run_embed(request, parse_openai_embeddings)
+    vectors = result.vectors
+    data: list[dict[str, Any]] = [
+        {"object": "embedding", "embedding": _encode(row, parsed.encoding_format), "index": i}
+        for i, row in enumerate(vectors)
+    ]
+    body = {
+        "object": "list",
+        "data": data,
+        "model": runtime.name,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+    return json_response(body, headers=headers)
+
+
+def _encode(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
+    if encoding_format == "base64":
+        # Little-endian float32 bytes, as the OpenAI API (and its SDK's default decoder) expects.
+        return base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")
+    return row
+
+
+@endpoint
+async def list_models(request: Request) -> Response:
+    """Every served model in OpenAI's list shape, with embedserve's extras."""
+    registry = context(request).registry
+    return json_response({"object": "list", "data": [_model(r) for r in registry.runtimes.values()]})
+
+
+@endpoint
+async def get_model(request: Request) -> Response:
+    """One served model, or 404 in OpenAI's shape."""
+    runtime = context(request).registry.resolve(request.path_params["model"])
+    return json_response(_model(runtime))
+
+
+def _model(runtime: ModelRuntime) -> dict[str, Any]:
+    info = runtime.info
+    return {
+        "id": runtime.name,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": "embedserve",
+        "kind": info.kind if info else None,
+        "dimensions": info.dim if info else None,
+        "max_input_length": runtime.max_input_length or None,
+        "state": runtime.state.value,
+    }
+
+
+ROUTES = [
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+]

@@ -1,0 +1,73 @@
+"""TEI-compatible native routes: ``/embed``, ``/info``, ``/health``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from embedserve import __version__
+from embedserve.errors import UnhealthyError
+from embedserve.routes.common import context, run_embed
+from embedserve.runtime import ModelRuntime
+from embedserve.schemas import parse_tei_embed
+from embedserve.web import endpoint, json_response
+
+
+@endpoint
+async def embed(request: Request) -> Response:
+    """Dense embeddings: ``[[float, ...], ...]`` in input order."""
+    _, _, result, headers = await run_embed(request, parse_tei_embed)
+    return json_response(result.vectors, headers=headers)
+
+
+@endpoint
+async def health(request: Request) -> Response:
+    """200 when every model is ready; 503 while loading, draining, or after a backend died."""
+    registry = context(request).registry
+    if registry.healthy:
+        return json_response({"status": "ready"})
+    raise UnhealthyError(f"not ready: {registry.state}")
+
+
+@endpoint
+async def info(request: Request) -> Response:
+    """The default model and every limit, TEI's ``/info`` shape with embedserve's extras."""
+    ctx = context(request)
+    body = describe(ctx.registry.default)
+    body["version"] = __version__
+    body["models"] = [describe(runtime) for runtime in ctx.registry.runtimes.values()]
+    return json_response(body)
+
+
+def describe(runtime: ModelRuntime) -> dict[str, Any]:
+    """One model's description: identity, numerics, limits and state."""
+    spec, model = runtime.spec, runtime.info
+    return {
+        "model_id": spec.model_id,
+        "model_sha": spec.revision,
+        "served_model_name": runtime.name,
+        "model_dtype": model.dtype if model else spec.dtype,
+        "model_device": model.device if model else spec.device,
+        "model_type": {"embedding": {"pooling": model.pooling if model else spec.pooling}},
+        "dimensions": model.dim if model else None,
+        "max_input_length": runtime.max_input_length or None,
+        "prompts": model.prompts if model else {},
+        "max_concurrent_requests": spec.max_concurrent_requests,
+        "max_batch_tokens": spec.max_batch_tokens,
+        "max_batch_requests": spec.max_batch_requests,
+        "max_client_batch_size": spec.max_client_batch_size,
+        "auto_truncate": spec.auto_truncate,
+        "tokenization_workers": spec.resolved_tokenization_workers(),
+        "state": runtime.state.value,
+        "error": runtime.error,
+    }
+
+
+ROUTES = [
+    Route("/embed", embed, methods=["POST"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/info", info, methods=["GET"]),
+]

@@ -1,0 +1,271 @@
+"""One served model: its tokenizer pool, admission, queue and backend thread, and the embedding pipeline.
+
+The pipeline is the same for every route: check the request against the model's limits, take admission slots (or
+fail with 429 at once, before any tokenizing), tokenize on the pool, queue, await the batch results, then slice
+(``dimensions``) and normalize. Core layer: no starlette, no torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedserve.backend import BackendThread, InferenceModel, ModelInfo
+from embedserve.batching import Admission, Batch, BatchQueue, Job
+from embedserve.errors import (
+    BackendError,
+    EmbedServeError,
+    OverloadedError,
+    UnhealthyError,
+    ValidationError,
+)
+from embedserve.modelfiles import ModelLoadError
+from embedserve.schemas import EmbedRequest
+from embedserve.settings import ModelSettings
+from embedserve.tokenization import TokenizerPool
+
+log = logging.getLogger("embedserve.runtime")
+
+Loader = Callable[[ModelSettings], tuple[ModelInfo, InferenceModel]]
+
+
+class State(enum.StrEnum):
+    """Life cycle of a runtime."""
+
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Where a request's time went, in seconds."""
+
+    tokenization: float
+    queue: float
+    inference: float
+    total: float
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """Vectors in input order, with the real token count and timings."""
+
+    vectors: np.ndarray
+    prompt_tokens: int
+    timings: Timings
+
+
+class ModelRuntime:
+    """Everything that serves one model. Create it anywhere; :meth:`start` it on the event loop."""
+
+    def __init__(self, spec: ModelSettings, loader: Loader) -> None:
+        self.spec = spec
+        self.name = spec.served_name
+        self.state = State.LOADING
+        self.error: str | None = None
+        self.info: ModelInfo | None = None
+        self.admission = Admission(spec.max_concurrent_requests)
+        self.loaded_in: float | None = None
+        self._loader = loader
+        self._prompt: str | None = None
+        self._max_input_length = 0
+        self._tokenizers: TokenizerPool | None = None
+        self._queue: BatchQueue | None = None
+        self._backend: BackendThread | None = None
+
+    async def start(self) -> None:
+        """Load, check against the settings, warm up, start the backend thread. Raises ModelLoadError."""
+        t0 = time.perf_counter()
+        try:
+            info, model = await asyncio.to_thread(self._loader, self.spec)
+            self._configure(info)
+            await asyncio.to_thread(model.warmup, self.spec.max_batch_tokens)
+        except BaseException as exc:
+            self.state = State.FAILED
+            self.error = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            raise
+        loop = asyncio.get_running_loop()
+        self._queue = BatchQueue(
+            loop, max_batch_tokens=self.spec.max_batch_tokens, max_batch_requests=self.spec.max_batch_requests
+        )
+        self._backend = BackendThread(model, self._queue, name=self.name)
+        self._backend.start()
+        self.info = info
+        self.loaded_in = time.perf_counter() - t0
+        self.state = State.READY
+        log.info(
+            "model %s ready in %.1fs: %s on %s (%s), %s pooling, dim %d, max input %d tokens",
+            self.name, self.loaded_in, info.architecture, info.device, info.dtype, info.pooling, info.dim,
+            self._max_input_length,
+        )  # fmt: skip
+
+    def _configure(self, info: ModelInfo) -> None:
+        spec = self.spec
+        self._max_input_length = info.max_input_length
+        if spec.max_batch_tokens < info.max_input_length:
+            log.warning(
+                "--max-batch-tokens %d is below the model's maximum input length %d; inputs are limited to %d tokens",
+                spec.max_batch_tokens, info.max_input_length, spec.max_batch_tokens,
+            )  # fmt: skip
+            self._max_input_length = spec.max_batch_tokens
+        if spec.default_prompt_name is not None:
+            if spec.default_prompt_name not in info.prompts:
+                raise ModelLoadError(
+                    f"--default-prompt-name {spec.default_prompt_name!r} is not among the model's prompts "
+                    f"({_names(info.prompts)})"
+                )
+            self._prompt = info.prompts[spec.default_prompt_name]
+        elif spec.default_prompt is not None:
+            self._prompt = spec.default_prompt
+        elif info.default_prompt_name is not None:
+            self._prompt = info.prompts.get(info.default_prompt_name)
+        self._tokenizers = TokenizerPool(
+            info.tokenizer_json,
+            workers=spec.resolved_tokenization_workers(),
+            max_input_length=self._max_input_length,
+        )
+
+    @property
+    def max_input_length(self) -> int:
+        """Longest input in tokens (the model's limit, capped by --max-batch-tokens)."""
+        return self._max_input_length
+
+    @property
+    def healthy(self) -> bool:
+        """Ready and its backend thread alive."""
+        return self.state is State.READY and self._backend is not None and self._backend.alive
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting for a batch."""
+        return len(self._queue) if self._queue is not None else 0
+
+    @property
+    def batches_run(self) -> int:
+        """Forward passes run so far."""
+        return self._backend.batches_run if self._backend is not None else 0
+
+    @property
+    def largest_batch(self) -> int:
+        """Most inputs seen in one forward pass."""
+        return self._backend.largest_batch if self._backend is not None else 0
+
+    async def embed(self, request: EmbedRequest, request_id: str = "") -> EmbedResult:
+        """Run one embedding request through the pipeline."""
+        tokenizers, queue, info = self._ready()
+        n = len(request.inputs)
+        self._check_limits(request, info)
+        texts = self._texts(request, info)
+        truncate = self.spec.auto_truncate if request.truncate is None else request.truncate
+        if not self.admission.try_acquire(n):
+            raise OverloadedError(
+                f"model {self.name!r} is overloaded: all {self.admission.capacity} input slots are taken; retry soon",
+                headers={"Retry-After": "1"},
+            )
+        t0 = time.perf_counter()
+        try:
+            token_ids = await tokenizers.encode(
+                texts, truncate=truncate, direction=request.truncation_direction, param=request.input_param
+            )
+            job = Job(asyncio.get_running_loop(), n, request_id)
+            queue.put(job, token_ids)
+            try:
+                await job.future
+            except asyncio.CancelledError:
+                queue.discard(job)  # the client left: its inputs still queued are never computed
+                raise
+            except EmbedServeError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"inference failed (request id {request_id or 'unknown'})") from exc
+        finally:
+            self.admission.release(n)
+        t_end = time.perf_counter()
+        vectors = _postprocess(np.stack(job.rows), request.dimensions, request.normalize)
+        first = job.t_first_start or t_end
+        timings = Timings(
+            tokenization=job.t_enqueued - t0,
+            queue=max(0.0, first - job.t_enqueued),
+            inference=job.inference_seconds,
+            total=t_end - t0,
+        )
+        return EmbedResult(vectors, sum(map(len, token_ids)), timings)
+
+    def _ready(self) -> tuple[TokenizerPool, BatchQueue, ModelInfo]:
+        if self.state is not State.READY or self._backend is None or not self._backend.alive:
+            raise UnhealthyError(f"model {self.name!r} is {self._state_text()}")
+        assert self._tokenizers is not None
+        assert self._queue is not None
+        assert self.info is not None
+        return self._tokenizers, self._queue, self.info
+
+    def _state_text(self) -> str:
+        if self.state is State.READY:
+            return "unavailable: its backend thread stopped"
+        return self.state.value
+
+    def _check_limits(self, request: EmbedRequest, info: ModelInfo) -> None:
+        n = len(request.inputs)
+        if n > self.spec.max_client_batch_size:
+            raise ValidationError(
+                f"batch size {n} > maximum allowed batch size {self.spec.max_client_batch_size}",
+                param=request.input_param,
+            )
+        if request.dimensions is not None and request.dimensions > info.dim:
+            raise ValidationError(
+                f"`dimensions` {request.dimensions} is larger than the model's {info.dim} dimensions",
+                param="dimensions",
+            )
+
+    def _texts(self, request: EmbedRequest, info: ModelInfo) -> list[str]:
+        prompt = self._prompt
+        if request.prompt_name is not None:
+            if request.prompt_name not in info.prompts:
+                raise ValidationError(
+                    f"prompt name {request.prompt_name!r} is not among the model's prompts ({_names(info.prompts)})",
+                    param="prompt_name",
+                )
+            prompt = info.prompts[request.prompt_name]
+        texts = request.inputs if prompt is None else [prompt + text for text in request.inputs]
+        return [text.lower() for text in texts] if info.lowercase else texts
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop admitting (503), let admitted work finish within ``grace_seconds``, then stop the backend."""
+        if self.state is State.READY:
+            self.state = State.DRAINING
+        deadline = time.monotonic() + grace_seconds
+        try:
+            async with asyncio.timeout(grace_seconds):
+                await self.admission.wait_idle()
+        except TimeoutError:
+            log.warning("model %s: %d inputs still in flight after the grace period", self.name, self.admission.in_use)
+        if self._backend is not None:
+            left = await asyncio.to_thread(self._backend.stop, max(0.0, deadline - time.monotonic()))
+            if left:
+                Batch(left, asyncio.get_running_loop()).fail(UnhealthyError("the server shut down before this ran"))
+        if self._tokenizers is not None:
+            self._tokenizers.close()
+        self.state = State.STOPPED
+
+
+def _postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
+    """Matryoshka truncation first, then L2 normalization, so truncated vectors are unit length too."""
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _names(prompts: dict[str, str]) -> str:
+    return ", ".join(sorted(prompts)) or "it has none"

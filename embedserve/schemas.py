@@ -1,0 +1,190 @@
+"""Request bodies: JSON bytes -> typed, validated dataclasses.
+
+Parsing is total: any input either yields a request object or raises an :mod:`embedserve.errors` error naming the
+offending field (``param``). Unknown fields are ignored, as TEI and the OpenAI API do. Model-dependent limits
+(``max_client_batch_size``, ``dimensions`` against the model size, prompt names) are checked later by the pipeline,
+which knows the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, TypeGuard
+
+import orjson
+
+from embedserve.errors import EmptyInputError, InvalidJSONError, ValidationError
+
+Direction = Literal["right", "left"]
+EncodingFormat = Literal["float", "base64"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """One embedding request, whichever route it came from."""
+
+    inputs: list[str]
+    normalize: bool = True
+    truncate: bool | None = None
+    truncation_direction: Direction = "right"
+    prompt_name: str | None = None
+    dimensions: int | None = None
+    model: str | None = None
+    encoding_format: EncodingFormat = "float"
+    input_param: str = "inputs"
+    """The name of the inputs field on the route it came from, for error messages."""
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object."""
+    if not body.strip():
+        raise InvalidJSONError("request body is empty; send a JSON object")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSONError(f"request body is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f"request body must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def parse_tei_embed(body: dict[str, Any]) -> EmbedRequest:
+    """``POST /embed``: ``inputs``, ``normalize``, ``truncate``, ``truncation_direction``, ``prompt_name``,
+    ``dimensions`` and an optional ``model``."""
+    return EmbedRequest(
+        inputs=_texts(body, "inputs"),
+        normalize=_bool(body, "normalize", default=True),
+        truncate=_optional_bool(body, "truncate"),
+        truncation_direction=_direction(body),
+        prompt_name=_optional_str(body, "prompt_name"),
+        dimensions=_dimensions(body),
+        model=_optional_str(body, "model"),
+        input_param="inputs",
+    )
+
+
+def parse_openai_embeddings(body: dict[str, Any]) -> EmbedRequest:
+    """``POST /v1/embeddings``: the OpenAI fields plus the TEI extras ``truncate``, ``truncation_direction``,
+    ``prompt_name`` and ``normalize``. ``user`` is accepted and ignored."""
+    _optional_str(body, "user")
+    raw = body.get("encoding_format")
+    fmt: EncodingFormat
+    if raw is None or raw == "float":
+        fmt = "float"
+    elif raw == "base64":
+        fmt = "base64"
+    else:
+        raise ValidationError(
+            f"`encoding_format` must be 'float' or 'base64', got {_short(raw)}", param="encoding_format"
+        )
+    return EmbedRequest(
+        inputs=_texts(body, "input"),
+        normalize=_bool(body, "normalize", default=True),
+        truncate=_optional_bool(body, "truncate"),
+        truncation_direction=_direction(body),
+        prompt_name=_optional_str(body, "prompt_name"),
+        dimensions=_dimensions(body),
+        model=_optional_str(body, "model"),
+        encoding_format=fmt,
+        input_param="input",
+    )
+
+
+def _texts(body: dict[str, Any], name: str) -> list[str]:
+    if name not in body or body[name] is None:
+        raise ValidationError(f"`{name}` is required: a string or a list of strings", param=name)
+    value = body[name]
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list):
+        if not value:
+            raise EmptyInputError(f"`{name}` cannot be empty", param=name)
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                continue
+            if _is_int(item) or _is_int_list(item):
+                raise ValidationError(
+                    f"`{name}` holds token ids; embedserve accepts text only: send the strings instead",
+                    param=name,
+                )
+            raise ValidationError(f"`{name}[{i}]` must be a string, got {_json_type(item)}", param=name)
+        texts = value
+    else:
+        raise ValidationError(f"`{name}` must be a string or a list of strings, got {_json_type(value)}", param=name)
+    for i, text in enumerate(texts):
+        if not text:
+            where = name if isinstance(value, str) else f"{name}[{i}]"
+            raise EmptyInputError(f"`{where}` is an empty string", param=name)
+    return texts
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_int_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_int(v) for v in value)
+
+
+def _bool(body: dict[str, Any], name: str, *, default: bool) -> bool:
+    value = _optional_bool(body, name)
+    return default if value is None else value
+
+
+def _optional_bool(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValidationError(f"`{name}` must be true or false, got {_json_type(value)}", param=name)
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ValidationError(f"`{name}` must be a string, got {_json_type(value)}", param=name)
+
+
+def _direction(body: dict[str, Any]) -> Direction:
+    value = body.get("truncation_direction")
+    if value is None:
+        return "right"
+    if isinstance(value, str):
+        lowered = value.lower()
+        if lowered == "right":
+            return "right"
+        if lowered == "left":
+            return "left"
+    raise ValidationError(
+        f"`truncation_direction` must be 'right' or 'left', got {_short(value)}", param="truncation_direction"
+    )
+
+
+def _dimensions(body: dict[str, Any]) -> int | None:
+    value = body.get("dimensions")
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ValidationError(f"`dimensions` must be an integer, got {_json_type(value)}", param="dimensions")
+    if value < 1:
+        raise ValidationError(f"`dimensions` must be positive, got {value}", param="dimensions")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,160 @@
+"""HTTP plumbing shared by every route: bounded body reading, JSON responses, request ids, timing headers, error
+rendering in the route family's shape, and dropping work whose client went away."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive
+
+from embedserve.errors import (
+    BackendError,
+    EmbedServeError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+    from_http_status,
+    render_openai,
+    render_tei,
+)
+from embedserve.runtime import Timings
+
+log = logging.getLogger("embedserve.http")
+
+T = TypeVar("T")
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before its response was ready."""
+
+
+def json_response(content: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """Serialize with orjson (numpy arrays natively, no per-float Python work)."""
+    return Response(orjson.dumps(content, option=_JSON_OPTIONS), status, headers, "application/json")
+
+
+def request_id(request: Request) -> str:
+    """The client's ``x-request-id`` if it sent a sane one, else a fresh one; stored on the request."""
+    rid: str | None = getattr(request.state, "request_id", None)
+    if rid is None:
+        sent = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = sent if 0 < len(sent) <= 128 and sent.isprintable() else uuid.uuid4().hex
+        request.state.request_id = rid
+    return rid
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing non-JSON content types (415) and bodies over ``limit`` bytes (413) while streaming."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaTypeError(f"content type {media!r} is not supported; send application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (so its queued inputs are dropped).
+
+    Call only after the body has been read: the next ASGI message is then ``http.disconnect``.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise ClientDisconnectedError
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def timing_headers(rid: str, timings: Timings, tokens: int, characters: int) -> dict[str, str]:
+    """TEI's per-stage headers, in whole milliseconds, plus the request id."""
+    return {
+        REQUEST_ID_HEADER: rid,
+        "x-compute-time": _ms(timings.total),
+        "x-tokenization-time": _ms(timings.tokenization),
+        "x-queue-time": _ms(timings.queue),
+        "x-inference-time": _ms(timings.inference),
+        "x-compute-tokens": str(tokens),
+        "x-compute-characters": str(characters),
+    }
+
+
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000))
+
+
+def is_openai_path(path: str) -> bool:
+    """``/v1/*`` and the bare ``/embeddings`` alias answer errors in OpenAI's shape."""
+    return path.startswith("/v1/") or path == "/embeddings"
+
+
+def error_response(request: Request, err: EmbedServeError) -> Response:
+    """Render ``err`` in the shape of the route family ``request`` belongs to."""
+    body = render_openai(err) if is_openai_path(request.url.path) else render_tei(err)
+    headers = {REQUEST_ID_HEADER: request_id(request), **err.headers}
+    return json_response(body, status=err.status, headers=headers)
+
+
+def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a route handler: taxonomy errors rendered in the route family's shape, a vanished client answered with
+    nothing, and anything unexpected logged with its traceback and answered with a generic 500."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except EmbedServeError as exc:
+            if isinstance(exc, BackendError):
+                log.error("request %s failed: %s", request_id(request), exc.message, exc_info=exc.__cause__)
+            return error_response(request, exc)
+        except ClientDisconnectedError:
+            return Response(status_code=499)  # nobody reads it; uvicorn drops it
+        except Exception as exc:
+            rid = request_id(request)
+            log.error("unhandled error in request %s", rid, exc_info=exc)
+            return error_response(request, BackendError(f"internal error (request id {rid})"))
+
+    return wrapped
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Framework errors (unknown route, wrong method) rendered as JSON in the route family's shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err: EmbedServeError = from_http_status(404, f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        err = from_http_status(405, f"{request.method} is not allowed on {request.url.path}")
+    else:
+        err = from_http_status(exc.status_code, str(exc.detail))
+    return error_response(request, err)
