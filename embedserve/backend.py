@@ -93,7 +93,6 @@ class BackendThread:
         except BaseException as exc:  # never die silently: health turns 503 and queued work fails instead of hanging
             log.exception("backend thread crashed")
             self._queue.fail_pending(exc)
-            raise
 
     def _loop(self) -> None:
         ahead: tuple[Batch, Any] | None = None

@@ -89,6 +89,8 @@ class ModelRuntime:
             info, model = await asyncio.to_thread(self._loader, self.spec)
             self._configure(info)
             await asyncio.to_thread(model.warmup, self.spec.max_batch_tokens)
+            assert self._tokenizers is not None
+            await asyncio.to_thread(self._tokenizers.warm)
         except BaseException as exc:
             self.state = State.FAILED
             self.error = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"

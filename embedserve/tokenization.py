@@ -38,7 +38,18 @@ class TokenizerPool:
         self._special_tokens = probe.num_special_tokens_to_add(False)
         if max_input_length <= self._special_tokens:
             raise ValueError(f"maximum input length {max_input_length} leaves no room for text")
+        self._workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embedserve-tokenize")
+
+    def warm(self) -> None:
+        """Start every worker thread and build its tokenizer now, so that no request pays for it."""
+        barrier = threading.Barrier(self._workers)
+
+        def build(_: int) -> None:
+            self._tokenizer()
+            barrier.wait(timeout=60)  # holds each thread until all have one task: every worker gets built
+
+        list(self._executor.map(build, range(self._workers)))
 
     async def encode(
         self, texts: list[str], *, truncate: bool, direction: Direction, param: str = "inputs"

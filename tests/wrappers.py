@@ -1,0 +1,82 @@
+"""Wrappers around the real loaded model for tests: they delegate every call and only control timing (a gate) or
+inject the one failure a test needs. The vectors still come from the real model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from embedserve.backend import InferenceModel, ModelInfo
+from embedserve.registry import default_loader
+from embedserve.settings import ModelSettings
+
+
+class Delegating:
+    """Passes everything to the real model and records the token ids of every prepared batch."""
+
+    def __init__(self, inner: InferenceModel) -> None:
+        self.inner = inner
+        self.seen: list[list[int]] = []
+        self._lock = threading.Lock()
+
+    def prepare(self, token_ids: Sequence[Sequence[int]]) -> Any:
+        with self._lock:
+            self.seen.extend(list(ids) for ids in token_ids)
+        return self.inner.prepare(token_ids)
+
+    def launch(self, prepared: Any) -> Any:
+        return self.inner.launch(prepared)
+
+    def finish(self, launched: Any) -> Any:
+        return self.inner.finish(launched)
+
+    def warmup(self, max_batch_tokens: int) -> None:
+        self.inner.warmup(max_batch_tokens)
+
+
+class Gated(Delegating):
+    """Forward passes wait at a gate the test opens: a backend made as slow as the test needs."""
+
+    def __init__(self, inner: InferenceModel) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Semaphore(0)
+
+    def launch(self, prepared: Any) -> Any:
+        self.waiting.release()
+        if not self.gate.wait(timeout=60):
+            raise TimeoutError("test gate never opened")
+        return super().launch(prepared)
+
+
+class Poisoned(Delegating):
+    """Raises inside the forward pass of any batch holding the poison token id, like a failing kernel would."""
+
+    def __init__(self, inner: InferenceModel, poison_id: int) -> None:
+        super().__init__(inner)
+        self.poison_id = poison_id
+
+    def prepare(self, token_ids: Sequence[Sequence[int]]) -> Any:
+        poisoned = any(self.poison_id in ids for ids in token_ids)
+        return poisoned, super().prepare(token_ids)
+
+    def launch(self, prepared: Any) -> Any:
+        poisoned, inner = prepared
+        if poisoned:
+            raise RuntimeError("CUDA error: device-side assert triggered (secret internal detail)")
+        return super().launch(inner)
+
+
+def wrapping(make: Callable[[InferenceModel], Delegating]) -> tuple[Callable[..., Any], list[Delegating]]:
+    """A loader that wraps the real model, and a list that receives the wrapper once it is built."""
+    built: list[Delegating] = []
+
+    def loader(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
+        info, model = default_loader(spec)
+        wrapper = make(model)
+        built.append(wrapper)
+        return info, wrapper
+
+    return loader, built
