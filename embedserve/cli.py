@@ -135,6 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the captured signal after a clean shutdown, which would make a graceful stop exit
+            # 143/130; a stop that drained properly exits 0.
+            getattr(self, "_captured_signals", []).clear()
+
     app = create_app(settings, on_load_error=on_load_error)
     config = uvicorn.Config(
         app,
@@ -144,6 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     return 1 if failures else 0

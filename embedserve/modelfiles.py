@@ -60,6 +60,8 @@ def resolve_model_dir(spec: ModelSettings) -> Path:
     """
     local = Path(spec.model_id).expanduser()
     if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{local} has no config.json; point --model-id at a transformers model directory")
         return local.resolve()
     if spec.model_id == DEFAULT_MODEL_ID and spec.revision is None:
         found = importlib.util.find_spec(BUNDLED_DEFAULT_PACKAGE)

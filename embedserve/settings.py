@@ -193,7 +193,10 @@ class ServerSettings:
             tei_env=False,
         ),
     )
-    port: int = field(default=3000, metadata=opt("TCP port to listen on."))
+    port: int = field(
+        default=3000,
+        metadata=opt("TCP port to listen on (3000, like TEI). Ports below 1024 need root, which the images avoid."),
+    )
     payload_limit: int = field(
         default=2_000_000,
         metadata=opt("Largest request body in bytes; bigger bodies get 413 before they are parsed."),
@@ -201,7 +204,10 @@ class ServerSettings:
     json_output: bool = field(
         default=False, metadata=opt("Log one JSON object per line (for log shippers) instead of plain text.")
     )
-    log_level: LogLevel = field(default="info", metadata=opt("Lowest log level written."))
+    log_level: LogLevel = field(
+        default="info",
+        metadata=opt("Lowest level logged. debug adds per-batch detail; warning keeps only problems and start-up."),
+    )
 
     def check(self) -> None:
         """Reject values that cannot work, naming the flag to change."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +80,7 @@ def model_settings(path: Path, **overrides: object) -> ModelSettings:
 
 
 @contextlib.contextmanager
-def run_server(
-    *models: ModelSettings, loader: Loader = default_loader, **server: object
-) -> Iterator[RunningServer]:
+def run_server(*models: ModelSettings, loader: Loader = default_loader, **server: object) -> Iterator[RunningServer]:
     """Start create_app(...) under uvicorn on a free port; yield once every model is ready; stop on exit."""
     settings = Settings(server=ServerSettings(**server), models=tuple(models))  # type: ignore[arg-type]
     app = create_app(settings, loader=loader)
@@ -115,6 +114,15 @@ def _wait_ready(url: str, registry: Registry, timeout: float = 120) -> None:
                     return
             time.sleep(0.05)
     raise TimeoutError("server did not become ready")
+
+
+async def eventually(predicate: Callable[[], bool], within_seconds: float = 30) -> None:
+    """Wait for state owned by the server's thread (no event can cross threads); fails after ``within_seconds``."""
+    for _ in range(int(within_seconds / 0.005)):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError("condition never became true")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from tests.conftest import model_settings, run_server
+from tests.conftest import eventually, model_settings, run_server
 from tests.wrappers import Gated, Poisoned, wrapping
 
 pytestmark = pytest.mark.integration
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo"]
 
 
 def make_texts(rng: random.Random, request: int) -> list[str]:
@@ -64,8 +64,7 @@ def test_excess_requests_get_429_at_once_while_admitted_ones_complete(minilm_pat
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             model.gate.clear()
             admitted = [asyncio.create_task(client.post("/embed", json={"inputs": t})) for t in admitted_texts]
-            while server.runtime.admission.in_use < 4:
-                await asyncio.sleep(0.005)
+            await eventually(lambda: server.runtime.admission.in_use == 4)
 
             async def rejected(i: int) -> tuple[httpx.Response, float]:
                 t0 = time.perf_counter()
@@ -106,7 +105,8 @@ def test_a_failing_forward_pass_fails_only_its_own_batch(minilm_path, reference_
             assert poisoned.status_code == 500
             body = poisoned.json()
             assert body["error_type"] == "Backend"
-            assert "secret" not in body["error"] and "CUDA" not in body["error"]
+            assert "secret" not in body["error"]
+            assert "CUDA" not in body["error"]
             assert poisoned.headers["x-request-id"] in body["error"]
             for text, response in (("a calm lake", calm), ("a quiet forest", quiet)):
                 assert response.status_code == 200
@@ -142,8 +142,7 @@ def test_inputs_of_a_client_that_disconnected_are_never_computed(minilm_path):
             with pytest.raises(httpx.ReadTimeout):
                 async with httpx.AsyncClient(base_url=url, timeout=0.3) as impatient:
                     await impatient.post("/embed", json={"inputs": "an elephant that left early"})
-            while server.runtime.admission.in_use > 1:  # the abandoned request gave its slot back
-                await asyncio.sleep(0.01)
+            await eventually(lambda: server.runtime.admission.in_use == 1)  # the abandoned request gave its slot back
             model.gate.set()
             assert (await first).status_code == 200
             assert (await client.post("/embed", json={"inputs": "one more"})).status_code == 200

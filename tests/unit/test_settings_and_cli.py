@@ -1,0 +1,92 @@
+"""Settings come from flags, then EMBEDSERVE_* variables, then bare TEI-style variables, then defaults; bad values
+and combinations fail with a message naming the flag."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from embedserve.cli import build_parser, parse_settings
+from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_match_tei_where_tei_has_a_setting():
+    settings = parse_settings([], {})
+    model, server = settings.models[0], settings.server
+    assert model.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (model.max_concurrent_requests, model.max_batch_tokens, model.max_client_batch_size) == (512, 16384, 32)
+    assert model.max_batch_requests is None
+    assert model.auto_truncate is True
+    assert (server.port, server.payload_limit, server.hostname) == (3000, 2_000_000, "127.0.0.1")
+
+
+def test_flags_beat_embedserve_variables_which_beat_tei_variables():
+    env = {"EMBEDSERVE_MAX_BATCH_TOKENS": "2048", "MAX_BATCH_TOKENS": "1024", "PORT": "8080", "MODEL_ID": "/m"}
+    settings = parse_settings(["--port", "9000"], env)
+    assert settings.models[0].max_batch_tokens == 2048
+    assert settings.models[0].model_id == "/m"
+    assert settings.server.port == 9000
+
+
+def test_boolean_flags_and_variables():
+    assert parse_settings(["--no-auto-truncate"], {}).models[0].auto_truncate is False
+    assert parse_settings([], {"AUTO_TRUNCATE": "false"}).models[0].auto_truncate is False
+    assert parse_settings([], {"JSON_OUTPUT": "1"}).server.json_output is True
+    with pytest.raises(SettingsError, match="JSON_OUTPUT"):
+        parse_settings([], {"JSON_OUTPUT": "maybe"})
+
+
+def test_the_shell_hostname_variable_is_not_taken_as_the_bind_address():
+    assert parse_settings([], {"HOSTNAME": "buildbox-7"}).server.hostname == "127.0.0.1"
+    assert parse_settings([], {"EMBEDSERVE_HOSTNAME": "0.0.0.0"}).server.hostname == "0.0.0.0"
+
+
+def test_choices_are_enforced_for_flags_and_variables(capsys):
+    with pytest.raises(SystemExit):
+        parse_settings(["--dtype", "float8"], {})
+    assert "--dtype" in capsys.readouterr().err
+    with pytest.raises(SettingsError, match="POOLING"):
+        parse_settings([], {"POOLING": "max"})
+
+
+@pytest.mark.parametrize(
+    ("model", "flag"),
+    [
+        ({"max_client_batch_size": 64, "max_concurrent_requests": 16}, "--max-client-batch-size"),
+        ({"max_batch_tokens": 0}, "--max-batch-tokens"),
+        ({"max_batch_requests": 0}, "--max-batch-requests"),
+        ({"tokenization_workers": 0}, "--tokenization-workers"),
+        ({"device": "tpu"}, "--device"),
+        ({"default_prompt_name": "query", "default_prompt": "q: "}, "--default-prompt"),
+        ({"model_id": " "}, "--model-id"),
+    ],
+)
+def test_bad_model_settings_name_the_flag_to_change(model, flag):
+    with pytest.raises(SettingsError, match=flag):
+        Settings(models=(ModelSettings(**model),)).check()
+
+
+def test_bad_server_settings_name_the_flag_to_change():
+    with pytest.raises(SettingsError, match="--port"):
+        Settings(server=ServerSettings(port=70000)).check()
+    with pytest.raises(SettingsError, match="--payload-limit"):
+        Settings(server=ServerSettings(payload_limit=0)).check()
+
+
+def test_two_models_with_one_served_name_are_refused():
+    twins = (ModelSettings(model_id="/a", served_model_name="x"), ModelSettings(model_id="/b", served_model_name="x"))
+    with pytest.raises(SettingsError, match="served-model-name"):
+        Settings(models=twins).check()
+
+
+def test_every_settings_field_has_a_flag_with_help_and_env_names():
+    help_text = build_parser().format_help()
+    for cls in (ModelSettings, ServerSettings):
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            assert flag in help_text
+            assert f"EMBEDSERVE_{f.name.upper()}" in help_text
+            assert len(f.metadata["help"]) > 30, f"{flag} needs tuning advice in its help"
