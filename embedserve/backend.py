@@ -121,6 +121,11 @@ class BackendThread:
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch.entries))
             batch.complete(outputs)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "batch of %d inputs: %d tokens, %d padded, %.1f ms",
+                    len(batch.entries), batch.real_tokens, batch.padded_tokens, (batch.t_end - batch.t_start) * 1000,
+                )  # fmt: skip
 
     def _prepare(self, batch: Batch) -> tuple[Batch, Any] | None:
         try:

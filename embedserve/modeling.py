@@ -67,7 +67,7 @@ def load(spec: ModelSettings) -> tuple[ModelInfo, TransformerEmbedder]:
     try:
         model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     except (ValueError, ImportError) as exc:
-        if "sdpa" not in str(exc).lower():
+        if not any(word in str(exc).lower() for word in ("sdpa", "scaled_dot_product_attention")):
             raise ModelLoadError(f"cannot load the weights in {path}: {exc}") from exc
         log.warning("%s does not support SDPA attention; using the eager implementation", config.model_type)
         model = AutoModel.from_pretrained(path, dtype=dtype)

@@ -127,3 +127,17 @@ def test_the_server_still_answers_correctly_after_every_malformed_request(strict
     vectors = np.array(response.json())
     assert float(vectors[0] @ vectors[1]) == pytest.approx(0.7553, abs=1e-4)
     assert strict_server.runtime.admission.in_use == 0
+
+
+def test_a_streamed_body_without_content_length_is_cut_off_at_the_limit(strict_server):
+    def chunks():
+        yield b'{"inputs": "'
+        for _ in range(LIMIT // 1000 + 2):
+            yield b"a" * 1000
+        yield b'"}'
+
+    with strict_server.client() as client:
+        response = client.post("/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.json()["error_type"] == "PayloadTooLarge"

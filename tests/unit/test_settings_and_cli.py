@@ -4,11 +4,12 @@ and combinations fail with a message naming the flag."""
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from embedserve.cli import build_parser, parse_settings
-from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError
+from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError, field_docs
 
 pytestmark = pytest.mark.unit
 
@@ -90,3 +91,11 @@ def test_every_settings_field_has_a_flag_with_help_and_env_names():
             assert flag in help_text
             assert f"EMBEDSERVE_{f.name.upper()}" in help_text
             assert len(f.metadata["help"]) > 30, f"{flag} needs tuning advice in its help"
+
+
+def test_the_readme_documents_every_flag_and_its_environment_variable():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for cls in (ModelSettings, ServerSettings):
+        for flag, _, envs, _ in field_docs(cls):
+            assert f"`{flag}`" in readme, flag
+            assert f"`{envs[0]}`" in readme, envs[0]
