@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 
 from embedserve.app import create_app
 from embedserve.registry import Registry, default_loader
@@ -80,26 +81,36 @@ def model_settings(path: Path, **overrides: object) -> ModelSettings:
 
 
 @contextlib.contextmanager
-def run_server(*models: ModelSettings, loader: Loader = default_loader, **server: object) -> Iterator[RunningServer]:
-    """Start create_app(...) under uvicorn on a free port; yield once every model is ready; stop on exit."""
-    settings = Settings(server=ServerSettings(**server), models=tuple(models))  # type: ignore[arg-type]
-    app = create_app(settings, loader=loader)
+def serve_app(app: Starlette) -> Iterator[str]:
+    """Run an app under uvicorn on a free port in a background thread; yields its URL at once (not waiting for
+    the models)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    server_ = uvicorn.Server(config)
-    thread = threading.Thread(target=server_.run, kwargs={"sockets": [sock]}, daemon=True)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    registry: Registry = app.state.ctx.registry
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, registry)
-        yield RunningServer(url=url, registry=registry)
+        for _ in range(1000):  # listening takes a moment; models load later, in the background
+            if server.started:
+                break
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
-        server_.should_exit = True
+        server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@contextlib.contextmanager
+def run_server(*models: ModelSettings, loader: Loader = default_loader, **server: object) -> Iterator[RunningServer]:
+    """Start create_app(...) on a free port; yield once every model is ready; stop on exit."""
+    settings = Settings(server=ServerSettings(**server), models=tuple(models))  # type: ignore[arg-type]
+    app = create_app(settings, loader=loader)
+    registry: Registry = app.state.ctx.registry
+    with serve_app(app) as url:
+        _wait_ready(url, registry)
+        yield RunningServer(url=url, registry=registry)
 
 
 def _wait_ready(url: str, registry: Registry, timeout: float = 120) -> None:
