@@ -43,7 +43,6 @@ class ModelInfo:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     lowercase: bool = False
-    normalize: bool = True
 
 
 class InferenceModel(Protocol):

@@ -87,7 +87,6 @@ def load(spec: ModelSettings) -> tuple[ModelInfo, TransformerEmbedder]:
         prompts=st.prompts,
         default_prompt_name=st.default_prompt_name,
         lowercase=st.do_lower_case,
-        normalize=st.normalize,
     )
     pad_id = _pad_id(config.pad_token_id, tokenizer.pad_token_id)
     return info, TransformerEmbedder(

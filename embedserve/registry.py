@@ -28,7 +28,6 @@ class Registry:
             spec.served_name: ModelRuntime(spec, loader) for spec in settings.models
         }
         self.default = next(iter(self.runtimes.values()))
-        self.loaded = asyncio.Event()
 
     def resolve(self, name: str | None) -> ModelRuntime:
         """The runtime serving ``name``; the default model when ``name`` is None."""
@@ -42,11 +41,8 @@ class Registry:
 
     async def start(self) -> None:
         """Load every model, one after the other (they may share a GPU). Raises on the first failure."""
-        try:
-            for runtime in self.runtimes.values():
-                await runtime.start()
-        finally:
-            self.loaded.set()
+        for runtime in self.runtimes.values():
+            await runtime.start()
 
     @property
     def healthy(self) -> bool:

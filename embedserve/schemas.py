@@ -8,7 +8,7 @@ which knows the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeGuard
 
 import orjson
@@ -51,16 +51,7 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
 def parse_tei_embed(body: dict[str, Any]) -> EmbedRequest:
     """``POST /embed``: ``inputs``, ``normalize``, ``truncate``, ``truncation_direction``, ``prompt_name``,
     ``dimensions`` and an optional ``model``."""
-    return EmbedRequest(
-        inputs=_texts(body, "inputs"),
-        normalize=_bool(body, "normalize", default=True),
-        truncate=_optional_bool(body, "truncate"),
-        truncation_direction=_direction(body),
-        prompt_name=_optional_str(body, "prompt_name"),
-        dimensions=_dimensions(body),
-        model=_optional_str(body, "model"),
-        input_param="inputs",
-    )
+    return _parse_embed(body, "inputs")
 
 
 def parse_openai_embeddings(body: dict[str, Any]) -> EmbedRequest:
@@ -77,16 +68,19 @@ def parse_openai_embeddings(body: dict[str, Any]) -> EmbedRequest:
         raise ValidationError(
             f"`encoding_format` must be 'float' or 'base64', got {_short(raw)}", param="encoding_format"
         )
+    return replace(_parse_embed(body, "input"), encoding_format=fmt)
+
+
+def _parse_embed(body: dict[str, Any], input_name: str) -> EmbedRequest:
     return EmbedRequest(
-        inputs=_texts(body, "input"),
+        inputs=_texts(body, input_name),
         normalize=_bool(body, "normalize", default=True),
         truncate=_optional_bool(body, "truncate"),
         truncation_direction=_direction(body),
         prompt_name=_optional_str(body, "prompt_name"),
         dimensions=_dimensions(body),
         model=_optional_str(body, "model"),
-        encoding_format=fmt,
-        input_param="input",
+        input_param=input_name,
     )
 
 
