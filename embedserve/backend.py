@@ -57,8 +57,9 @@ class InferenceModel(Protocol):
     def finish(self, launched: Any) -> Iterable[Any]:
         """Wait for a launched batch; one host-side result per input, in batch order."""
 
-    def warmup(self, max_batch_tokens: int) -> None:
-        """Run a representative batch once so slow first calls and out-of-memory show at start-up."""
+    def warmup(self, max_batch_tokens: int) -> float:
+        """Run representative batches so slow first calls and out-of-memory show at start-up. Returns the fixed cost
+        of one forward pass expressed in padded tokens (what the packer weighs batch count against padding with)."""
 
 
 class BackendThread:

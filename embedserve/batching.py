@@ -20,7 +20,7 @@ from typing import Any
 
 from embedserve.errors import UnhealthyError
 
-PACK_WINDOW = 4096
+PACK_WINDOW = 1024
 """Most queued entries the packer looks at (oldest first). Bounds its cost when the admission bound is huge."""
 
 
@@ -156,36 +156,40 @@ class Batch:
             entry.job.fail(exc)
 
 
-def pack(lengths: Sequence[int], max_tokens: int, max_requests: int | None) -> list[int]:
+def pack(lengths: Sequence[int], max_tokens: int, max_requests: int | None, overhead_tokens: float = 0.0) -> list[int]:
     """Choose which queued inputs form the next batch.
 
     ``lengths`` are token counts in arrival order; index 0 is the oldest input and is always chosen, so no input
-    waits behind more than one batch of younger ones (fairness). The padded cost of a batch is
-    ``count * longest`` and must stay within ``max_tokens``; the count within ``max_requests``.
+    waits behind more than one batch of younger ones (fairness). A forward pass costs about ``overhead_tokens`` (its
+    fixed cost, measured at start-up and expressed in tokens) plus ``count * longest`` padded tokens; the padded
+    cost must stay within ``max_tokens`` and the count within ``max_requests``.
 
-    If everything fits, everything goes. Otherwise inputs are sorted by length and, among the runs of neighbours in
-    that order that contain the oldest input, the run with the most real (unpadded) tokens wins, ties going to the
-    least padding: similar lengths end up together and little of the budget is spent on padding.
-    Returns indices into ``lengths``.
+    Serving every input costs its real tokens plus, per batch, the overhead and the padding: the waste. Inputs are
+    sorted by length, and among the runs of length neighbours that contain the oldest input, the one with the least
+    waste per input wins (ties: the larger run). With a GPU's large overhead that means full batches whatever the
+    lengths; with a CPU's small one, batches of similar lengths. Returns indices into ``lengths``.
     """
     n = len(lengths)
     cap = n if max_requests is None else min(n, max_requests)
-    if cap == n and n * max(lengths) <= max_tokens:
-        return list(range(n))
     order = sorted(range(n), key=lengths.__getitem__)  # stable: equal lengths stay oldest-first
     head = order.index(0)
-    sorted_lengths = [lengths[i] for i in order]
-    prefix = [0, *accumulate(sorted_lengths)]
-    best = (head, head)
-    best_key = (-1, 0)
+    ls = [lengths[i] for i in order]
+    prefix = [0, *accumulate(ls)]
+    best, best_key = (head, head), (float("-inf"), 0)
     for end in range(head, n):
-        longest = sorted_lengths[end]
-        count = min(cap, max_tokens // longest, end + 1)
-        start = end - count + 1
-        if start > head:
-            break  # longer runs only shrink from here on and can no longer reach the oldest input
-        useful = prefix[end + 1] - prefix[start]
-        key = (useful, useful - count * longest)
+        longest = ls[end]
+        room = min(cap, max_tokens // longest)
+        if end - head + 1 > room:
+            break  # longer runs only get tighter from here on and can no longer reach the oldest input
+        start = head
+        waste = overhead_tokens + (end - start + 1) * longest - (prefix[end + 1] - prefix[start])
+        # Take in shorter inputs while their padding costs less than the waste each input carries so far; inputs
+        # only get shorter to the left, so the first one that does not pay its way ends the run.
+        while start > 0 and end - start + 1 < room and longest - ls[start - 1] <= waste / (end - start + 1):
+            start -= 1
+            waste += longest - ls[start]
+        count = end - start + 1
+        key = (-waste / count, count)
         if key > best_key:
             best, best_key = (start, end), key
     return [order[k] for k in range(best[0], best[1] + 1)]
@@ -195,11 +199,17 @@ class BatchQueue:
     """Queued inputs of one model, shared between the event loop (producer) and its backend thread (consumer)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, *, max_batch_tokens: int, max_batch_requests: int | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_batch_tokens: int,
+        max_batch_requests: int | None,
+        overhead_tokens: float = 0.0,
     ) -> None:
         self._loop = loop
         self._max_tokens = max_batch_tokens
         self._max_requests = max_batch_requests
+        self._overhead_tokens = overhead_tokens
         self._cond = threading.Condition()
         self._pending: list[Entry] = []
         self._closed = False
@@ -234,7 +244,8 @@ class BatchQueue:
                     return None
                 self._cond.wait()
             window = self._pending[:PACK_WINDOW]
-            chosen = pack([len(entry.ids) for entry in window], self._max_tokens, self._max_requests)
+            lengths = [len(entry.ids) for entry in window]
+            chosen = pack(lengths, self._max_tokens, self._max_requests, self._overhead_tokens)
             picked = set(chosen)
             entries = [window[i] for i in chosen]
             self._pending = [entry for i, entry in enumerate(window) if i not in picked] + self._pending[PACK_WINDOW:]

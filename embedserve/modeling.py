@@ -8,6 +8,8 @@ backend thread.
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any
@@ -166,13 +168,30 @@ class TransformerEmbedder:
             done.synchronize()
         return host.numpy()
 
-    def warmup(self, max_batch_tokens: int) -> None:
-        """On CUDA, a full batch of ``max_batch_tokens`` so an out-of-memory shows now; on CPU one short input."""
-        length = min(self._max_len, max_batch_tokens)
-        count = max(1, max_batch_tokens // length) if self._cuda else 1
-        if not self._cuda:
-            length = min(length, 16)
-        self.finish(self.launch(self.prepare([[self._pad_id] * length] * count)))
+    def warmup(self, max_batch_tokens: int) -> float:
+        """Time a one-input batch and a large one, fitting ``time = fixed + per_token * padded_tokens``; returns
+        ``fixed / per_token``. On CUDA the large batch is a full ``max_batch_tokens`` one, so an out-of-memory shows
+        at start-up; on CPU it is 1024 tokens, enough to measure the per-token cost in well under a second."""
+        short = 16
+        small = self._typical_time([[self._pad_id] * short])
+        large_tokens = max_batch_tokens if self._cuda else min(1024, max_batch_tokens)
+        length = min(128, self._max_len, large_tokens)
+        batch = [[self._pad_id] * length] * max(1, large_tokens // length)
+        large = self._typical_time(batch)
+        per_token = (large - small) / max(1, length * len(batch) - short)
+        if per_token <= 0:  # too little compute to tell apart: batching costs nothing, so always fill batches
+            return float(max_batch_tokens)
+        return min(float(max_batch_tokens), max(0.0, small - short * per_token) / per_token)
+
+    def _typical_time(self, batch: list[list[int]]) -> float:
+        for _ in range(2):  # the first calls of a shape pay for lazy kernel set-up
+            self.finish(self.launch(self.prepare(batch)))
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            self.finish(self.launch(self.prepare(batch)))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self._pooling == "cls":

@@ -75,6 +75,7 @@ class ModelRuntime:
         self.info: ModelInfo | None = None
         self.admission = Admission(spec.max_concurrent_requests)
         self.loaded_in: float | None = None
+        self.batch_overhead_tokens = 0.0
         self._loader = loader
         self._prompt: str | None = None
         self._max_input_length = 0
@@ -88,7 +89,7 @@ class ModelRuntime:
         try:
             info, model = await asyncio.to_thread(self._loader, self.spec)
             self._configure(info)
-            await asyncio.to_thread(model.warmup, self.spec.max_batch_tokens)
+            self.batch_overhead_tokens = await asyncio.to_thread(model.warmup, self.spec.max_batch_tokens)
             assert self._tokenizers is not None
             await asyncio.to_thread(self._tokenizers.warm)
         except BaseException as exc:
@@ -97,7 +98,10 @@ class ModelRuntime:
             raise
         loop = asyncio.get_running_loop()
         self._queue = BatchQueue(
-            loop, max_batch_tokens=self.spec.max_batch_tokens, max_batch_requests=self.spec.max_batch_requests
+            loop,
+            max_batch_tokens=self.spec.max_batch_tokens,
+            max_batch_requests=self.spec.max_batch_requests,
+            overhead_tokens=self.batch_overhead_tokens,
         )
         self._backend = BackendThread(model, self._queue, name=self.name)
         self._backend.start()
@@ -105,9 +109,10 @@ class ModelRuntime:
         self.loaded_in = time.perf_counter() - t0
         self.state = State.READY
         log.info(
-            "model %s ready in %.1fs: %s on %s (%s), %s pooling, dim %d, max input %d tokens",
+            "model %s ready in %.1fs: %s on %s (%s), %s pooling, dim %d, max input %d tokens, "
+            "a forward pass costs %.0f tokens of overhead",
             self.name, self.loaded_in, info.architecture, info.device, info.dtype, info.pooling, info.dim,
-            self._max_input_length,
+            self._max_input_length, self.batch_overhead_tokens,
         )  # fmt: skip
 
     def _configure(self, info: ModelInfo) -> None:

@@ -31,8 +31,8 @@ class Delegating:
     def finish(self, launched: Any) -> Any:
         return self.inner.finish(launched)
 
-    def warmup(self, max_batch_tokens: int) -> None:
-        self.inner.warmup(max_batch_tokens)
+    def warmup(self, max_batch_tokens: int) -> float:
+        return self.inner.warmup(max_batch_tokens)
 
 
 class Gated(Delegating):

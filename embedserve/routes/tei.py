@@ -61,6 +61,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         "max_client_batch_size": spec.max_client_batch_size,
         "auto_truncate": spec.auto_truncate,
         "tokenization_workers": spec.resolved_tokenization_workers(),
+        "batch_overhead_tokens": round(runtime.batch_overhead_tokens),
         "state": runtime.state.value,
         "error": runtime.error,
     }

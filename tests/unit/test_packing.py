@@ -1,4 +1,5 @@
-"""The packer: budget and count limits, the oldest input always goes, similar lengths go together."""
+"""The packer: budget and count limits, the oldest input always goes, and the batch overhead decides between
+filling batches (GPU-like) and keeping similar lengths together (CPU-like)."""
 
 from __future__ import annotations
 
@@ -15,33 +16,50 @@ def cost(lengths: list[int], chosen: list[int]) -> int:
     return len(chosen) * max(lengths[i] for i in chosen)
 
 
-def test_everything_goes_when_it_fits_the_budget():
-    assert pack([5, 100, 7], max_tokens=300, max_requests=None) == [0, 1, 2]
+GPU_LIKE = 5000.0
+CPU_LIKE = 48.0
+
+
+def test_with_a_large_batch_overhead_everything_that_fits_goes():
+    assert sorted(pack([5, 100, 7], max_tokens=300, max_requests=None, overhead_tokens=GPU_LIKE)) == [0, 1, 2]
+
+
+def test_with_a_small_batch_overhead_a_short_input_is_not_padded_to_a_long_one():
+    assert sorted(pack([5, 100, 7], max_tokens=300, max_requests=None, overhead_tokens=CPU_LIKE)) == [0, 2]
 
 
 def test_a_single_input_goes_alone():
-    assert pack([40], max_tokens=64, max_requests=4) == [0]
+    assert pack([40], max_tokens=64, max_requests=4, overhead_tokens=CPU_LIKE) == [0]
+
+
+def test_equal_lengths_all_go_even_without_overhead():
+    assert sorted(pack([10] * 8, max_tokens=10_000, max_requests=None)) == list(range(8))
 
 
 def test_the_request_cap_limits_a_batch_that_fits_the_token_budget():
-    chosen = pack([10] * 8, max_tokens=10_000, max_requests=3)
+    chosen = pack([10] * 8, max_tokens=10_000, max_requests=3, overhead_tokens=GPU_LIKE)
     assert len(chosen) == 3
     assert 0 in chosen
 
 
+def test_the_token_budget_limits_a_batch_whatever_the_overhead():
+    chosen = pack([100] * 8, max_tokens=350, max_requests=None, overhead_tokens=GPU_LIKE)
+    assert len(chosen) == 3
+
+
 def test_an_input_longer_than_the_budget_still_runs_alone_instead_of_blocking_the_queue():
-    assert pack([500, 3, 3], max_tokens=100, max_requests=None) == [0]
+    assert pack([500, 3, 3], max_tokens=100, max_requests=None, overhead_tokens=GPU_LIKE) == [0]
 
 
 def test_similar_lengths_are_grouped_instead_of_padding_short_inputs_to_a_long_one():
     lengths = [10, 200, 12, 11, 199, 9, 198]
-    chosen = sorted(pack(lengths, max_tokens=400, max_requests=None))
+    chosen = sorted(pack(lengths, max_tokens=4000, max_requests=None, overhead_tokens=CPU_LIKE))
     assert chosen == [0, 2, 3, 5]  # the four short ones; the long ones would each cost 200 per input
 
 
 def test_the_oldest_input_is_always_chosen_even_when_others_would_pack_better():
     lengths = [300] + [10] * 50
-    chosen = pack(lengths, max_tokens=600, max_requests=None)
+    chosen = pack(lengths, max_tokens=600, max_requests=None, overhead_tokens=CPU_LIKE)
     assert 0 in chosen
     assert cost(lengths, chosen) <= 600
 
@@ -52,7 +70,8 @@ def test_random_queues_respect_every_limit(seed):
     lengths = [rng.randint(1, 256) for _ in range(rng.randint(1, 300))]
     max_tokens = rng.choice([256, 512, 2048, 16384])
     max_requests = rng.choice([None, 1, 4, 32])
-    chosen = pack(lengths, max_tokens=max_tokens, max_requests=max_requests)
+    overhead = rng.choice([0.0, CPU_LIKE, GPU_LIKE])
+    chosen = pack(lengths, max_tokens=max_tokens, max_requests=max_requests, overhead_tokens=overhead)
     assert 0 in chosen
     assert len(set(chosen)) == len(chosen)
     assert all(0 <= i < len(lengths) for i in chosen)
@@ -68,7 +87,7 @@ def test_every_input_is_served_by_repeated_packing(seed):
     served: list[int] = []
     rounds = 0
     while queue:
-        chosen = pack([length for _, length in queue], max_tokens=1024, max_requests=16)
+        chosen = pack([length for _, length in queue], max_tokens=1024, max_requests=16, overhead_tokens=CPU_LIKE)
         served.extend(queue[i][0] for i in chosen)
         queue = [entry for k, entry in enumerate(queue) if k not in set(chosen)]
         rounds += 1
@@ -76,20 +95,27 @@ def test_every_input_is_served_by_repeated_packing(seed):
     assert rounds <= len(served)
 
 
-def test_packing_wastes_less_padding_than_first_come_first_served():
-    rng = random.Random(1)
-    lengths = [rng.choice([8, 16, 200, 250]) for _ in range(400)]
-    packed_waste = fifo_waste = 0
-    queue = list(lengths)
+def modelled_cost(lengths: list[int], overhead: float, choose) -> float:
+    """Total cost (overhead + padded tokens per batch) of serving a queue batch by batch with ``choose``."""
+    total, queue = 0.0, list(lengths)
     while queue:
-        chosen = pack(queue, max_tokens=2048, max_requests=None)
-        packed_waste += cost(queue, chosen) - sum(queue[i] for i in chosen)
+        chosen = choose(queue)
+        total += overhead + cost(queue, chosen)
         queue = [length for k, length in enumerate(queue) if k not in set(chosen)]
-    queue = list(lengths)
-    while queue:
-        n = 1
-        while n < len(queue) and (n + 1) * max(queue[: n + 1]) <= 2048:
-            n += 1
-        fifo_waste += n * max(queue[:n]) - sum(queue[:n])
-        queue = queue[n:]
-    assert packed_waste < fifo_waste / 2
+    return total
+
+
+def first_come_first_served(queue: list[int], max_tokens: int) -> list[int]:
+    n = 1
+    while n < len(queue) and (n + 1) * max(queue[: n + 1]) <= max_tokens:
+        n += 1
+    return list(range(n))
+
+
+@pytest.mark.parametrize("overhead", [CPU_LIKE, 500.0, GPU_LIKE])
+def test_packing_costs_less_than_first_come_first_served(overhead):
+    rng = random.Random(1)
+    lengths = [rng.randint(5, 160) for _ in range(400)]
+    packed = modelled_cost(lengths, overhead, lambda q: pack(q, 4096, None, overhead))
+    fifo = modelled_cost(lengths, overhead, lambda q: first_come_first_served(q, 4096))
+    assert packed < 0.8 * fifo
