@@ -86,25 +86,26 @@ class ModelRuntime:
     async def start(self) -> None:
         """Load, check against the settings, warm up, start the backend thread. Raises ModelLoadError."""
         t0 = time.perf_counter()
+        backend = BackendThread(name=self.name)
         try:
-            info, model = await asyncio.to_thread(self._loader, self.spec)
+            info, model = await backend.call(self._loader, self.spec)
             self._configure(info)
-            self.batch_overhead_tokens = await asyncio.to_thread(model.warmup, self.spec.max_batch_tokens)
+            self.batch_overhead_tokens = await backend.call(model.warmup, self.spec.max_batch_tokens)
             assert self._tokenizers is not None
             await asyncio.to_thread(self._tokenizers.warm)
         except BaseException as exc:
+            backend.stop(0)
             self.state = State.FAILED
             self.error = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             raise
-        loop = asyncio.get_running_loop()
         self._queue = BatchQueue(
-            loop,
+            asyncio.get_running_loop(),
             max_batch_tokens=self.spec.max_batch_tokens,
             max_batch_requests=self.spec.max_batch_requests,
             overhead_tokens=self.batch_overhead_tokens,
         )
-        self._backend = BackendThread(model, self._queue, name=self.name)
-        self._backend.start()
+        self._backend = backend
+        backend.serve(model, self._queue)
         self.info = info
         self.loaded_in = time.perf_counter() - t0
         self.state = State.READY
