@@ -1,0 +1,1 @@
+"""embedserve's benchmark harness: ``python -m benchmarks run`` (see benchmarks/README.md)."""

