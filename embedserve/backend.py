@@ -78,6 +78,7 @@ class BackendThread:
         self._serving: Future[None] | None = None
         self._model: InferenceModel | None = None
         self._queue: BatchQueue | None = None
+        self._on_batch: Callable[[Batch], None] | None = None
         self.batches_run = 0
         self.largest_batch = 0
 
@@ -85,9 +86,10 @@ class BackendThread:
         """Run ``fn(*args)`` on the backend thread (before serving starts: loading, warm-up)."""
         return await asyncio.wrap_future(self._executor.submit(fn, *args))
 
-    def serve(self, model: InferenceModel, queue: BatchQueue) -> None:
-        """Start pulling batches from ``queue`` and running them through ``model``."""
-        self._model, self._queue = model, queue
+    def serve(self, model: InferenceModel, queue: BatchQueue, on_batch: Callable[[Batch], None] | None = None) -> None:
+        """Start pulling batches from ``queue`` and running them through ``model``; ``on_batch`` observes each
+        finished batch on this thread before its results are handed back."""
+        self._model, self._queue, self._on_batch = model, queue, on_batch
         self._serving = self._executor.submit(self._run)
 
     @property
@@ -141,6 +143,11 @@ class BackendThread:
             batch.t_end = time.perf_counter()
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch.entries))
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(batch)
+                except Exception:  # observing must never cost a request its answer
+                    log.exception("batch observer failed")
             batch.complete(outputs)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(

@@ -58,6 +58,7 @@ class Job:
 
     __slots__ = (
         "_last_batch",
+        "batch_links",
         "future",
         "inference_seconds",
         "remaining",
@@ -65,6 +66,7 @@ class Job:
         "rows",
         "t_enqueued",
         "t_first_start",
+        "t_last_end",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, request_id: str = "") -> None:
@@ -74,7 +76,9 @@ class Job:
         self.request_id = request_id
         self.t_enqueued = time.perf_counter()
         self.t_first_start: float | None = None
+        self.t_last_end = 0.0
         self.inference_seconds = 0.0
+        self.batch_links: list[Any] = []
         self._last_batch: Batch | None = None
 
     @property
@@ -93,6 +97,9 @@ class Job:
             self.inference_seconds += batch.t_end - batch.t_start
             if self.t_first_start is None or batch.t_start < self.t_first_start:
                 self.t_first_start = batch.t_start
+            self.t_last_end = max(self.t_last_end, batch.t_end)
+            if batch.span_context is not None:
+                self.batch_links.append(batch.span_context)
         if self.remaining == 0:
             self.future.set_result(None)
 
@@ -116,13 +123,15 @@ class Entry:
 class Batch:
     """Entries packed into one forward pass. Created and timed on the backend thread; resolved on the loop."""
 
-    __slots__ = ("entries", "loop", "t_end", "t_start")
+    __slots__ = ("entries", "loop", "span_context", "t_end", "t_start")
 
     def __init__(self, entries: list[Entry], loop: asyncio.AbstractEventLoop) -> None:
         self.entries = entries
         self.loop = loop
         self.t_start = 0.0
         self.t_end = 0.0
+        self.span_context: Any = None
+        """Set by tracing, when on, so that the requests served by this batch can link to its span."""
 
     @property
     def token_ids(self) -> list[list[int]]:

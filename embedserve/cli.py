@@ -7,6 +7,7 @@ the bare TEI-style ``FIELD_NAME`` (where the field allows it), else the default.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import types
@@ -16,7 +17,21 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from embedserve import __version__
-from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError, env_names, flag_name
+from embedserve.settings import (
+    EdgeSettings,
+    ModelSettings,
+    ServerSettings,
+    Settings,
+    SettingsError,
+    env_names,
+    flag_name,
+)
+
+GROUPS: tuple[tuple[str, type[Any]], ...] = (
+    ("model", ModelSettings),
+    ("server", ServerSettings),
+    ("edge", EdgeSettings),
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -31,19 +46,25 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
-def _field_kind(hint: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None, bool]:
-    """(converter, choices, is_bool) for a field's type hint; ``X | None`` is treated as X."""
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _field_kind(hint: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None, str]:
+    """(converter, choices, kind) for a field's type hint, kind being scalar, bool or list; ``X | None`` is X."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = args[0]
     if hint is bool:
-        return _parse_bool, None, True
+        return _parse_bool, None, "bool"
+    if typing.get_origin(hint) is tuple:
+        return _parse_list, None, "list"
     if typing.get_origin(hint) is typing.Literal:
         choices = tuple(str(c) for c in typing.get_args(hint))
-        return str, choices, False
-    if hint is int:
-        return int, None, False
-    return str, None, False
+        return str, choices, "scalar"
+    if hint in (int, float):
+        return hint, None, "scalar"
+    return str, None, "scalar"
 
 
 def _settings_fields(cls: type[Any]) -> list[tuple[str, Any, Any]]:
@@ -60,15 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--version", action="version", version=f"embedserve {__version__}")
-    for title, cls in (("model", ModelSettings), ("server", ServerSettings)):
+    for title, cls in GROUPS:
         group = parser.add_argument_group(title)
         for name, hint, f in _settings_fields(cls):
-            convert, choices, is_bool = _field_kind(hint)
+            convert, choices, kind = _field_kind(hint)
             envs = ", ".join(env_names(name, f.metadata))
             default = f.default if f.default is not MISSING else None
             text = f"{f.metadata['help']} [env: {envs}] [default: {_show(default)}]"
-            if is_bool:
+            if kind == "bool":
                 group.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, help=text)
+            elif kind == "list":
+                group.add_argument(
+                    flag_name(name), type=convert, action="append", help=text, metavar=f.metadata.get("metavar")
+                )
             else:
                 group.add_argument(
                     flag_name(name), type=convert, choices=choices, help=text, metavar=f.metadata.get("metavar")
@@ -79,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show(value: Any) -> str:
-    if value is None:
+    if value is None or value == ():
         return "unset"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -90,11 +115,13 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
     """Settings from flags over environment over defaults. Raises SettingsError naming the bad flag or variable."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    values: dict[type[Any], dict[str, Any]] = {ModelSettings: {}, ServerSettings: {}}
+    values: dict[type[Any], dict[str, Any]] = {cls: {} for _, cls in GROUPS}
     for cls, chosen in values.items():
         for name, hint, f in _settings_fields(cls):
             if name in args:
-                chosen[name] = args[name]
+                given = args[name]
+                # A repeated list flag arrives as one tuple per use: --api-key a --api-key b,c -> (a, b, c).
+                chosen[name] = tuple(item for part in given for item in part) if isinstance(given, list) else given
                 continue
             convert, choices, _ = _field_kind(hint)
             for env in env_names(name, f.metadata):
@@ -109,7 +136,11 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
                     raise SettingsError(f"environment variable {env}={raw!r} is not one of {', '.join(choices)}")
                 chosen[name] = value
                 break
-    return Settings(server=ServerSettings(**values[ServerSettings]), models=(ModelSettings(**values[ModelSettings]),))
+    return Settings(
+        server=ServerSettings(**values[ServerSettings]),
+        edge=EdgeSettings(**values[EdgeSettings]),
+        models=(ModelSettings(**values[ModelSettings]),),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn  # imported here so that --help and errors in flags stay fast
 
     from embedserve import logs
-    from embedserve.app import create_app
+    from embedserve.app import create_app, drain
 
     logs.configure(json_output=settings.server.json_output, level=settings.server.log_level)
     failures: list[BaseException] = []
@@ -136,11 +167,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.should_exit = True
 
     class Server(uvicorn.Server):
+        draining = False
+
         def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+            # The first SIGTERM/SIGINT drains (health 503, new requests 503, admitted ones finish), then stops;
+            # a second one stops at once.
+            if self.started and not self.draining:
+                self.draining = True
+                loop = asyncio.get_running_loop()  # signal handlers run on the main thread, inside the loop
+                loop.call_soon(lambda: loop.create_task(drain(app, stop)))
+                return
             super().handle_exit(sig, frame)
             # uvicorn re-raises the captured signal after a clean shutdown, which would make a graceful stop exit
             # 143/130; a stop that drained properly exits 0.
             getattr(self, "_captured_signals", []).clear()
+
+    def stop() -> None:
+        assert server is not None
+        server.should_exit = True
 
     app = create_app(settings, on_load_error=on_load_error)
     config = uvicorn.Config(
@@ -148,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=settings.server.hostname,
         port=settings.server.port,
         log_config=None,
-        access_log=False,
+        access_log=False,  # embedserve writes its own access line per request (embedserve.access)
         lifespan="on",
+        timeout_graceful_shutdown=int(settings.edge.graceful_shutdown_timeout) + 1,
     )
     server = Server(config)
     server.run()

@@ -21,6 +21,8 @@ class EmbedServeError(Exception):
     error_type: ClassVar[str] = "Backend"
     openai_type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = None
+    reason: ClassVar[str] = "error"
+    """Label of ``embedserve_rejected_requests_total``: why the server refused the request."""
 
     def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -36,6 +38,7 @@ class EmptyInputError(EmbedServeError):
     error_type = "Empty"
     openai_type = "invalid_request_error"
     code = "empty_input"
+    reason = "validation"
 
 
 class InvalidJSONError(EmbedServeError):
@@ -45,6 +48,7 @@ class InvalidJSONError(EmbedServeError):
     error_type = "InvalidJson"
     openai_type = "invalid_request_error"
     code = "invalid_json"
+    reason = "validation"
 
 
 class UnauthorizedError(EmbedServeError):
@@ -54,6 +58,7 @@ class UnauthorizedError(EmbedServeError):
     error_type = "Unauthorized"
     openai_type = "authentication_error"
     code = "invalid_api_key"
+    reason = "unauthorized"
 
 
 class RouteNotFoundError(EmbedServeError):
@@ -63,6 +68,7 @@ class RouteNotFoundError(EmbedServeError):
     error_type = "NotFound"
     openai_type = "invalid_request_error"
     code = "not_found"
+    reason = "not_found"
 
 
 class ModelNotFoundError(EmbedServeError):
@@ -72,6 +78,7 @@ class ModelNotFoundError(EmbedServeError):
     error_type = "ModelNotFound"
     openai_type = "invalid_request_error"
     code = "model_not_found"
+    reason = "model_not_found"
 
 
 class MethodNotAllowedError(EmbedServeError):
@@ -81,6 +88,7 @@ class MethodNotAllowedError(EmbedServeError):
     error_type = "MethodNotAllowed"
     openai_type = "invalid_request_error"
     code = "method_not_allowed"
+    reason = "not_found"
 
 
 class PayloadTooLargeError(EmbedServeError):
@@ -90,6 +98,7 @@ class PayloadTooLargeError(EmbedServeError):
     error_type = "PayloadTooLarge"
     openai_type = "invalid_request_error"
     code = "payload_too_large"
+    reason = "payload_too_large"
 
 
 class UnsupportedMediaTypeError(EmbedServeError):
@@ -99,6 +108,7 @@ class UnsupportedMediaTypeError(EmbedServeError):
     error_type = "UnsupportedMediaType"
     openai_type = "invalid_request_error"
     code = "unsupported_media_type"
+    reason = "validation"
 
 
 class ValidationError(EmbedServeError):
@@ -108,6 +118,7 @@ class ValidationError(EmbedServeError):
     error_type = "Validation"
     openai_type = "invalid_request_error"
     code = "invalid_value"
+    reason = "validation"
 
 
 class CapabilityError(ValidationError):
@@ -123,6 +134,7 @@ class OverloadedError(EmbedServeError):
     error_type = "Overloaded"
     openai_type = "rate_limit_error"
     code = "overloaded"
+    reason = "overloaded"
 
 
 class RateLimitedError(EmbedServeError):
@@ -132,6 +144,7 @@ class RateLimitedError(EmbedServeError):
     error_type = "RateLimited"
     openai_type = "rate_limit_error"
     code = "rate_limited"
+    reason = "rate_limited"
 
 
 class UnhealthyError(EmbedServeError):
@@ -141,6 +154,7 @@ class UnhealthyError(EmbedServeError):
     error_type = "Unhealthy"
     openai_type = "server_error"
     code = "unavailable"
+    reason = "unavailable"
 
 
 class BackendError(EmbedServeError):

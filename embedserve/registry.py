@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from embedserve.backend import InferenceModel, ModelInfo
+from embedserve.batching import Batch
 from embedserve.errors import ModelNotFoundError
 from embedserve.runtime import Loader, ModelRuntime, State
 from embedserve.settings import ModelSettings, Settings
@@ -39,10 +41,19 @@ class Registry:
             raise ModelNotFoundError(f"model {name!r} is not served here; served models: {served}", param="model")
         return runtime
 
-    async def start(self) -> None:
+    async def start(self, on_batch: Callable[[str, Batch], None] | None = None) -> None:
         """Load every model, one after the other (they may share a GPU). Raises on the first failure."""
         for runtime in self.runtimes.values():
-            await runtime.start()
+            await runtime.start(on_batch)
+
+    def stop_admitting(self) -> None:
+        """Every model answers new requests with 503 from now on (draining)."""
+        for runtime in self.runtimes.values():
+            runtime.stop_admitting()
+
+    async def wait_idle(self) -> None:
+        """Return once no model has admitted work in flight."""
+        await asyncio.gather(*(runtime.admission.wait_idle() for runtime in self.runtimes.values()))
 
     @property
     def healthy(self) -> bool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,21 +49,40 @@ class State(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Timings:
-    """Where a request's time went, in seconds."""
+    """When a request went through each stage (``time.perf_counter`` seconds) and its forward-pass time."""
 
-    tokenization: float
-    queue: float
+    started: float
+    enqueued: float
+    first_batch: float
+    computed: float
+    finished: float
     inference: float
-    total: float
+    """Sum of the durations of the batches its inputs ran in."""
+
+    @property
+    def tokenization(self) -> float:
+        """Seconds spent tokenizing."""
+        return self.enqueued - self.started
+
+    @property
+    def queue(self) -> float:
+        """Seconds its inputs waited for their first batch."""
+        return max(0.0, self.first_batch - self.enqueued)
+
+    @property
+    def total(self) -> float:
+        """Seconds from admission to results back on the event loop."""
+        return self.finished - self.started
 
 
 @dataclass(frozen=True, slots=True)
 class EmbedResult:
-    """Vectors in input order, with the real token count and timings."""
+    """Vectors in input order, with the real token count, timings and the batches' trace span contexts."""
 
     vectors: np.ndarray
     prompt_tokens: int
     timings: Timings
+    batch_links: tuple[Any, ...] = ()
 
 
 class ModelRuntime:
@@ -83,8 +104,10 @@ class ModelRuntime:
         self._queue: BatchQueue | None = None
         self._backend: BackendThread | None = None
 
-    async def start(self) -> None:
-        """Load, check against the settings, warm up, start the backend thread. Raises ModelLoadError."""
+    async def start(self, on_batch: Callable[[str, Batch], None] | None = None) -> None:
+        """Load, check against the settings, warm up, start the backend thread. Raises ModelLoadError.
+
+        ``on_batch(model, batch)`` runs on the backend thread after every forward pass (metrics, trace spans)."""
         t0 = time.perf_counter()
         backend = BackendThread(name=self.name)
         try:
@@ -105,7 +128,7 @@ class ModelRuntime:
             overhead_tokens=self.batch_overhead_tokens,
         )
         self._backend = backend
-        backend.serve(model, self._queue)
+        backend.serve(model, self._queue, None if on_batch is None else functools.partial(on_batch, self.name))
         self.info = info
         self.loaded_in = time.perf_counter() - t0
         self.state = State.READY
@@ -199,14 +222,15 @@ class ModelRuntime:
             self.admission.release(n)
         t_end = time.perf_counter()
         vectors = _postprocess(np.stack(job.rows), request.dimensions, request.normalize)
-        first = job.t_first_start or t_end
         timings = Timings(
-            tokenization=job.t_enqueued - t0,
-            queue=max(0.0, first - job.t_enqueued),
+            started=t0,
+            enqueued=job.t_enqueued,
+            first_batch=job.t_first_start or t_end,
+            computed=job.t_last_end or t_end,
+            finished=t_end,
             inference=job.inference_seconds,
-            total=t_end - t0,
         )
-        return EmbedResult(vectors, sum(map(len, token_ids)), timings)
+        return EmbedResult(vectors, sum(map(len, token_ids)), timings, tuple(job.batch_links))
 
     def _ready(self) -> tuple[TokenizerPool, BatchQueue, ModelInfo]:
         if self.state is not State.READY or self._backend is None or not self._backend.alive:
@@ -246,10 +270,14 @@ class ModelRuntime:
         texts = request.inputs if prompt is None else [prompt + text for text in request.inputs]
         return [text.lower() for text in texts] if info.lowercase else texts
 
-    async def drain(self, grace_seconds: float) -> None:
-        """Stop admitting (503), let admitted work finish within ``grace_seconds``, then stop the backend."""
+    def stop_admitting(self) -> None:
+        """From now on new requests get 503; admitted ones carry on."""
         if self.state is State.READY:
             self.state = State.DRAINING
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop admitting (503), let admitted work finish within ``grace_seconds``, then stop the backend."""
+        self.stop_admitting()
         deadline = time.monotonic() + grace_seconds
         try:
             async with asyncio.timeout(grace_seconds):

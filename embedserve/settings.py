@@ -217,15 +217,99 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EdgeSettings:
+    """What faces the clients and the operators: keys, rate limits, CORS, metrics, traces, shutdown."""
+
+    api_key: tuple[str, ...] = field(
+        default=(),
+        repr=False,  # keys never reach logs, not even through a settings repr
+        metadata=opt(
+            "API key clients must send as `Authorization: Bearer <key>`; repeat the flag or separate keys with "
+            "commas. With no key (and no --api-key-file) the API is open.",
+            metavar="KEY",
+        ),
+    )
+    api_key_file: str | None = field(
+        default=None,
+        metadata=opt("File with one API key per line (blank lines and # comments skipped); re-read on SIGHUP."),
+    )
+    metrics_auth: bool = field(
+        default=False,
+        metadata=opt("Require an API key on /metrics too. /health always stays open for load balancers."),
+    )
+    cors_allow_origin: tuple[str, ...] = field(
+        default=(),
+        metadata=opt(
+            "Origins browsers may call from (repeat or comma-separate; * for any). Unset: no CORS headers.",
+            metavar="ORIGIN",
+        ),
+    )
+    rate_limit_rps: float = field(
+        default=80.0,
+        metadata=opt(
+            "Requests per second each API key (each client address when auth is off) may make, on average; "
+            "over it a request gets 429 RateLimited with Retry-After. 0 turns rate limiting off."
+        ),
+    )
+    rate_limit_burst: int = field(
+        default=50,
+        metadata=opt("Requests a key may make at once above its --rate-limit-rps before being limited."),
+    )
+    rate_limit_tpm: int | None = field(
+        default=None,
+        metadata=opt(
+            "Tokens per minute each key may embed, charged with the real token count. Unset: no token budget."
+        ),
+    )
+    prometheus_port: int | None = field(
+        default=None,
+        metadata=opt("Also serve /metrics on this port (e.g. 9000, only reachable inside the cluster)."),
+    )
+    otlp_endpoint: str | None = field(
+        default=None,
+        metadata=opt(
+            "OTLP/gRPC collector to export traces to (e.g. http://otel-collector:4317). Unset: no tracing and "
+            "no tracing overhead."
+        ),
+    )
+    otlp_service_name: str = field(default="embedserve", metadata=opt("service.name of the exported spans."))
+    graceful_shutdown_timeout: float = field(
+        default=30.0,
+        metadata=opt(
+            "Seconds SIGTERM/SIGINT waits for admitted requests to finish (while /health answers 503 and new "
+            "requests get 503) before the process exits."
+        ),
+    )
+
+    def check(self) -> None:
+        """Reject values that cannot work, naming the flag to change."""
+        if any(not key.strip() for key in self.api_key):
+            raise SettingsError("--api-key must not be empty")
+        if self.rate_limit_rps < 0:
+            raise SettingsError(f"--rate-limit-rps must be 0 (off) or positive, got {self.rate_limit_rps}")
+        _positive("rate_limit_burst", self.rate_limit_burst)
+        if self.rate_limit_tpm is not None:
+            _positive("rate_limit_tpm", self.rate_limit_tpm)
+        if self.prometheus_port is not None and not 0 < self.prometheus_port < 65536:
+            raise SettingsError(f"--prometheus-port {self.prometheus_port} is not a TCP port (1-65535)")
+        if self.graceful_shutdown_timeout < 0:
+            raise SettingsError("--graceful-shutdown-timeout must not be negative")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    """The whole configuration: the server and the models it serves."""
+    """The whole configuration: the server, its edge and the models it serves."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
     models: tuple[ModelSettings, ...] = field(default_factory=lambda: (ModelSettings(),))
 
     def check(self) -> None:
         """Check every part and the parts against each other."""
         self.server.check()
+        self.edge.check()
+        if self.edge.prometheus_port == self.server.port:
+            raise SettingsError("--prometheus-port must differ from --port")
         if not self.models:
             raise SettingsError("no model configured; pass --model-id")
         names: set[str] = set()

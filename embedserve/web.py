@@ -4,30 +4,23 @@ rendering in the route family's shape, and dropping work whose client went away.
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import orjson
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
 from embedserve.errors import (
-    BackendError,
     EmbedServeError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
-    from_http_status,
     render_openai,
     render_tei,
 )
 from embedserve.runtime import Timings
-
-log = logging.getLogger("embedserve.http")
 
 T = TypeVar("T")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -124,37 +117,3 @@ def error_response(request: Request, err: EmbedServeError) -> Response:
     body = render_openai(err) if is_openai_path(request.url.path) else render_tei(err)
     headers = {REQUEST_ID_HEADER: request_id(request), **err.headers}
     return json_response(body, status=err.status, headers=headers)
-
-
-def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap a route handler: taxonomy errors rendered in the route family's shape, a vanished client answered with
-    nothing, and anything unexpected logged with its traceback and answered with a generic 500."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except EmbedServeError as exc:
-            if isinstance(exc, BackendError):
-                log.error("request %s failed: %s", request_id(request), exc.message, exc_info=exc.__cause__)
-            return error_response(request, exc)
-        except ClientDisconnectedError:
-            return Response(status_code=499)  # nobody reads it; uvicorn drops it
-        except Exception as exc:
-            rid = request_id(request)
-            log.error("unhandled error in request %s", rid, exc_info=exc)
-            return error_response(request, BackendError(f"internal error (request id {rid})"))
-
-    return wrapped
-
-
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Framework errors (unknown route, wrong method) rendered as JSON in the route family's shape."""
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        err: EmbedServeError = from_http_status(404, f"no route for {request.method} {request.url.path}")
-    elif exc.status_code == 405:
-        err = from_http_status(405, f"{request.method} is not allowed on {request.url.path}")
-    else:
-        err = from_http_status(exc.status_code, str(exc.detail))
-    return error_response(request, err)

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from embedserve.app import create_app
 from embedserve.registry import Registry, default_loader
 from embedserve.runtime import Loader, ModelRuntime
-from embedserve.settings import ModelSettings, ServerSettings, Settings
+from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast instead of hanging
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -103,9 +103,13 @@ def serve_app(app: Starlette) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def run_server(*models: ModelSettings, loader: Loader = default_loader, **server: object) -> Iterator[RunningServer]:
-    """Start create_app(...) on a free port; yield once every model is ready; stop on exit."""
-    settings = Settings(server=ServerSettings(**server), models=tuple(models))  # type: ignore[arg-type]
+def run_server(
+    *models: ModelSettings, loader: Loader = default_loader, edge: EdgeSettings | None = None, **server: object
+) -> Iterator[RunningServer]:
+    """Start create_app(...) on a free port; yield once every model is ready; stop on exit. Rate limiting is off
+    unless ``edge`` turns it on: tests send far more than 80 requests per second from one address."""
+    edge = edge or EdgeSettings(rate_limit_rps=0)
+    settings = Settings(server=ServerSettings(**server), edge=edge, models=tuple(models))  # type: ignore[arg-type]
     app = create_app(settings, loader=loader)
     registry: Registry = app.state.ctx.registry
     with serve_app(app) as url:

@@ -11,15 +11,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from embedserve.routes.common import context, run_embed
+from embedserve.edge import context, endpoint
+from embedserve.routes.common import run_embed
 from embedserve.runtime import ModelRuntime
 from embedserve.schemas import parse_openai_embeddings
-from embedserve.web import endpoint, json_response
+from embedserve.web import json_response
 
 _STARTED = int(time.time())
 
 
-@endpoint
+@endpoint("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     """``{"object": "list", "data": [...], "model": ..., "usage": ...}`` with float lists or base64 float32."""
     parsed, runtime, result, headers = await run_embed(request, parse_openai_embeddings)
@@ -44,14 +45,14 @@ def _encode(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
     return row
 
 
-@endpoint
+@endpoint("/v1/models")
 async def list_models(request: Request) -> Response:
     """Every served model in OpenAI's list shape, with embedserve's extras."""
     registry = context(request).registry
     return json_response({"object": "list", "data": [_model(r) for r in registry.runtimes.values()]})
 
 
-@endpoint
+@endpoint("/v1/models/{model}")
 async def get_model(request: Request) -> Response:
     """One served model, or 404 in OpenAI's shape."""
     runtime = context(request).registry.resolve(request.path_params["model"])

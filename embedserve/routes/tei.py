@@ -1,29 +1,31 @@
-"""TEI-compatible native routes: ``/embed``, ``/info``, ``/health``."""
+"""TEI-compatible native routes: ``/embed``, ``/info``, ``/health``, ``/metrics``."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from embedserve import __version__
+from embedserve.edge import context, endpoint
 from embedserve.errors import UnhealthyError
-from embedserve.routes.common import context, run_embed
+from embedserve.routes.common import run_embed
 from embedserve.runtime import ModelRuntime
 from embedserve.schemas import parse_tei_embed
-from embedserve.web import endpoint, json_response
+from embedserve.web import json_response
 
 
-@endpoint
+@endpoint("/embed")
 async def embed(request: Request) -> Response:
     """Dense embeddings: ``[[float, ...], ...]`` in input order."""
     _, _, result, headers = await run_embed(request, parse_tei_embed)
     return json_response(result.vectors, headers=headers)
 
 
-@endpoint
+@endpoint("/health", guard="open")
 async def health(request: Request) -> Response:
     """200 when every model is ready; 503 while loading, draining, or after a backend died."""
     registry = context(request).registry
@@ -32,7 +34,7 @@ async def health(request: Request) -> Response:
     raise UnhealthyError(f"not ready: {registry.state}")
 
 
-@endpoint
+@endpoint("/info")
 async def info(request: Request) -> Response:
     """The default model and every limit, TEI's ``/info`` shape with embedserve's extras."""
     ctx = context(request)
@@ -67,8 +69,15 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
     }
 
 
+@endpoint("/metrics", guard="metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of every collector (see embedserve.metrics)."""
+    return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
 ROUTES = [
     Route("/embed", embed, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/info", info, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]

@@ -12,7 +12,7 @@ import embedserve
 pytestmark = pytest.mark.unit
 
 PACKAGE = Path(embedserve.__file__).parent
-HTTP = {"app", "web", "cli", "routes.common", "routes.tei", "routes.openai", "__main__"}
+HTTP = {"app", "web", "edge", "cli", "routes.common", "routes.tei", "routes.openai", "__main__"}
 TORCH_ALLOWED = {"modeling"}
 
 

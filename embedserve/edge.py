@@ -1,0 +1,154 @@
+"""The edge every route goes through: API key, per-key governor, error rendering, metrics, access log and trace.
+
+Handlers stay thin: they parse, call the pipeline, render, and note what they learned in ``request.state.facts``
+(model, input and token counts, stage timings); this wrapper does everything else, once, for every route.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from embedserve.errors import BackendError, EmbedServeError, from_http_status
+from embedserve.governor import Governor
+from embedserve.keys import ANONYMOUS, ApiKeys
+from embedserve.metrics import Metrics
+from embedserve.registry import Registry
+from embedserve.runtime import Timings
+from embedserve.settings import Settings
+from embedserve.tracing import Tracing
+from embedserve.web import ClientDisconnectedError, error_response, request_id
+
+log = logging.getLogger("embedserve.http")
+access_log = logging.getLogger("embedserve.access")
+
+Guard = Literal["open", "key", "metrics"]
+"""``open``: anyone (health); ``key``: API key and governor (the API); ``metrics``: open unless --metrics-auth."""
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """What the edge and the handlers need, stored on ``app.state.ctx``."""
+
+    settings: Settings
+    registry: Registry
+    keys: ApiKeys
+    governor: Governor
+    metrics: Metrics
+    tracing: Tracing
+
+
+@dataclass
+class Facts:
+    """What a handler learned about its request, for metrics, the access log and the trace."""
+
+    model: str = "-"
+    inputs: int = 0
+    tokens: int = 0
+    timings: Timings | None = None
+    batch_links: tuple[Any, ...] = ()
+
+
+def context(request: Request) -> AppContext:
+    """The application's context."""
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def facts(request: Request) -> Facts:
+    """This request's facts, for the handler to fill in."""
+    found: Facts = request.state.facts
+    return found
+
+
+def endpoint(route: str, guard: Guard = "key") -> Callable[[Handler], Handler]:
+    """Wrap a handler served at ``route`` (the template, used as the metrics label)."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(request: Request) -> Response:
+            started = time.perf_counter()
+            ctx = context(request)
+            request.state.facts = found = Facts()
+            kid = ANONYMOUS
+            try:
+                if guard == "key" or (guard == "metrics" and ctx.settings.edge.metrics_auth):
+                    kid = ctx.keys.authenticate(request.headers.get("authorization"))
+                identity = kid if ctx.keys.enabled else (request.client.host if request.client else ANONYMOUS)
+                if guard == "key":
+                    ctx.governor.admit(identity)
+                response = await handler(request)
+                if guard == "key":
+                    ctx.governor.charge_tokens(identity, found.tokens)
+            except EmbedServeError as exc:
+                if isinstance(exc, BackendError):
+                    log.error("request %s failed: %s", request_id(request), exc.message, exc_info=exc.__cause__)
+                else:
+                    ctx.metrics.rejected.labels(exc.reason).inc()
+                response = error_response(request, exc)
+            except ClientDisconnectedError:
+                response = Response(status_code=499)  # nobody reads it; uvicorn drops it
+            except Exception as exc:
+                rid = request_id(request)
+                log.error("unhandled error in request %s", rid, exc_info=exc)
+                response = error_response(request, BackendError(f"internal error (request id {rid})"))
+            record(request, route, response.status_code, started, found, kid)
+            return response
+
+        return wrapped
+
+    return decorate
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Framework errors (unknown route, wrong method), as JSON in the route family's shape, recorded like the rest."""
+    assert isinstance(exc, HTTPException)
+    started = time.perf_counter()
+    if exc.status_code == 404:
+        err: EmbedServeError = from_http_status(404, f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        err = from_http_status(405, f"{request.method} is not allowed on {request.url.path}")
+    else:
+        err = from_http_status(exc.status_code, str(exc.detail))
+    context(request).metrics.rejected.labels(err.reason).inc()
+    response = error_response(request, err)
+    record(request, "unmatched", response.status_code, started, Facts(), ANONYMOUS)
+    return response
+
+
+def record(request: Request, route: str, status: int, started: float, found: Facts, kid: str) -> None:
+    """Metrics, one access-log line and (when on) the trace of one answered request. Never input text or keys."""
+    ended = time.perf_counter()
+    ctx = context(request)
+    ctx.metrics.observe_request(route, found.model, status, ended - started, found.timings)
+    rid = request_id(request)
+    latency_ms = round((ended - started) * 1000, 2)
+    access_log.info(
+        "%s %s %d %.1fms model=%s inputs=%d tokens=%d key=%s id=%s",
+        request.method, request.url.path, status, latency_ms, found.model, found.inputs, found.tokens, kid, rid,
+        extra={"request_id": rid, "method": request.method, "route": route, "model": found.model, "key_id": kid,
+               "inputs": found.inputs, "tokens": found.tokens, "status": status, "latency_ms": latency_ms},
+    )  # fmt: skip
+    if ctx.tracing.enabled:
+        attributes = {
+            "http.request.method": request.method,
+            "http.route": route,
+            "http.response.status_code": status,
+            "embedserve.request_id": rid,
+            "embedserve.model": found.model,
+            "embedserve.inputs": found.inputs,
+            "embedserve.tokens": found.tokens,
+            "embedserve.key_id": kid,
+        }
+        ctx.tracing.request_span(
+            f"{request.method} {route}", request.headers, started, ended, attributes, found.timings, found.batch_links
+        )

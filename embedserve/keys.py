@@ -1,0 +1,88 @@
+"""API keys: where they come from, how a request's key is checked, and the id that stands for a key.
+
+Keys come from ``--api-key`` and ``--api-key-file`` (re-read on SIGHUP without dropping traffic: the set of key
+digests is swapped in one assignment). A presented key is hashed and compared with every known digest in constant
+time, so neither the comparison nor the lookup tells an attacker how close a guess was. Only the key id, a short
+stable hash, ever reaches logs, traces or metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from pathlib import Path
+
+from embedserve.errors import UnauthorizedError
+from embedserve.settings import EdgeSettings, SettingsError
+
+log = logging.getLogger("embedserve.keys")
+
+ANONYMOUS = "-"
+"""Key id recorded when auth is off."""
+
+
+def key_id(key: str) -> str:
+    """A short stable id for a key: the first 12 hex digits of its SHA-256. Safe to log."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def read_key_file(path: str) -> list[str]:
+    """One key per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SettingsError(f"--api-key-file {path}: {exc.strerror or exc}") from exc
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+class ApiKeys:
+    """The accepted keys. With none configured, every request is allowed."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self._flag_keys = list(settings.api_key)
+        self._file = settings.api_key_file
+        self._digests: dict[bytes, str] = {}
+        self.reload()
+
+    @property
+    def enabled(self) -> bool:
+        """True when requests must carry a key."""
+        return bool(self._digests)
+
+    def reload(self) -> int:
+        """Re-read the key file (SIGHUP). The new set replaces the old one atomically. Returns the key count."""
+        keys = list(self._flag_keys)
+        if self._file is not None:
+            from_file = read_key_file(self._file)
+            if not from_file:
+                raise SettingsError(f"--api-key-file {self._file} holds no keys")
+            keys.extend(from_file)
+        self._digests = {_digest(key): key_id(key) for key in keys}
+        log.info("API keys loaded: %d (ids %s)", len(self._digests), ", ".join(sorted(self._digests.values())))
+        return len(self._digests)
+
+    def authenticate(self, authorization: str | None) -> str:
+        """The key id for an ``Authorization`` header value; raises UnauthorizedError when auth is on and the header
+        is missing, malformed, or holds an unknown key."""
+        digests = self._digests
+        if not digests:
+            return ANONYMOUS
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthorizedError(
+                "missing API key: send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"}
+            )
+        presented = _digest(token)
+        found: str | None = None
+        for digest, kid in digests.items():  # every digest is compared: the time does not depend on which matched
+            if hmac.compare_digest(presented, digest):
+                found = kid
+        if found is None:
+            raise UnauthorizedError("invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return found

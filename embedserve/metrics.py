@@ -1,0 +1,122 @@
+"""Every Prometheus collector, with its buckets, in one place.
+
+One :class:`Metrics` per application (its own ``CollectorRegistry``, so several apps in one process, as in the
+tests, never share counts). Requests are recorded by the HTTP edge, batches by the backend thread, and the gauges
+read the runtimes when scraped.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from embedserve import __version__
+from embedserve.batching import Batch
+from embedserve.runtime import ModelRuntime, Timings
+
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Latency buckets: from a cached short input on a GPU (1 ms) to long batches on a CPU under overload (30 s)."""
+BATCH_INPUTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_TOKENS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    """The collectors. Names follow Prometheus conventions: ``embedserve_<noun>_<unit>``, counters ``_total``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "embedserve_requests", "Requests answered, by route, model and HTTP status.",
+            ["route", "model", "status"], registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "embedserve_rejected_requests", "Requests refused, by reason (overloaded, rate_limited, validation, ...).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "embedserve_request_duration_seconds", "Time from the request's arrival to its response, by route.",
+            ["route", "model"], buckets=SECONDS, registry=r,
+        )  # fmt: skip
+        self.tokenization_seconds = Histogram(
+            "embedserve_tokenization_duration_seconds", "Time a request spent tokenizing.",
+            ["model"], buckets=SECONDS, registry=r,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "embedserve_queue_duration_seconds", "Time a request's inputs waited for their first batch.",
+            ["model"], buckets=SECONDS, registry=r,
+        )  # fmt: skip
+        self.inference_seconds = Histogram(
+            "embedserve_inference_duration_seconds", "Forward-pass time of the batches a request's inputs ran in.",
+            ["model"], buckets=SECONDS, registry=r,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "embedserve_batch_duration_seconds", "Time of one forward pass (pad, compute, copy back).",
+            ["model"], buckets=SECONDS, registry=r,
+        )  # fmt: skip
+        self.batch_inputs = Histogram(
+            "embedserve_batch_size_inputs", "Inputs per forward pass.",
+            ["model"], buckets=BATCH_INPUTS, registry=r,
+        )  # fmt: skip
+        self.batch_tokens = Histogram(
+            "embedserve_batch_tokens", "Padded tokens per forward pass (inputs x longest input).",
+            ["model"], buckets=BATCH_TOKENS, registry=r,
+        )  # fmt: skip
+        self.padding_tokens = Counter(
+            "embedserve_padding_tokens", "Padded tokens minus real tokens: compute spent on padding.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.embedded_inputs = Counter("embedserve_embedded_inputs", "Inputs computed.", ["model"], registry=r)
+        self.embedded_tokens = Counter(
+            "embedserve_embedded_tokens", "Real (unpadded) tokens computed.", ["model"], registry=r
+        )
+        self.queue_size = Gauge("embedserve_queue_size_inputs", "Inputs waiting for a batch.", ["model"], registry=r)
+        self.inflight = Gauge(
+            "embedserve_inflight_inputs", "Inputs admitted and not yet answered (queued, tokenizing or running).",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.load_seconds = Gauge(
+            "embedserve_model_load_seconds", "Time to load and warm up the model.", ["model"], registry=r
+        )
+        self.build_info = Gauge(
+            "embedserve_build_info", "Always 1; labels say what runs.", ["version", "python"], registry=r
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+
+    def watch(self, runtimes: Iterable[ModelRuntime]) -> None:
+        """Gauges that read each runtime when scraped."""
+        for runtime in runtimes:
+
+            def queued(rt: ModelRuntime = runtime) -> float:
+                return rt.queued
+
+            def inflight(rt: ModelRuntime = runtime) -> float:
+                return rt.admission.in_use
+
+            self.queue_size.labels(runtime.name).set_function(queued)
+            self.inflight.labels(runtime.name).set_function(inflight)
+
+    def observe_request(self, route: str, model: str, status: int, seconds: float, timings: Timings | None) -> None:
+        """One answered request; the stage times only for requests that ran the pipeline."""
+        self.requests.labels(route, model, str(status)).inc()
+        self.request_seconds.labels(route, model).observe(seconds)
+        if timings is not None:
+            self.tokenization_seconds.labels(model).observe(timings.tokenization)
+            self.queue_seconds.labels(model).observe(timings.queue)
+            self.inference_seconds.labels(model).observe(timings.inference)
+
+    def observe_batch(self, model: str, batch: Batch) -> None:
+        """One forward pass (called on the backend thread; the client library is thread-safe)."""
+        padded, real = batch.padded_tokens, batch.real_tokens
+        self.batch_seconds.labels(model).observe(batch.t_end - batch.t_start)
+        self.batch_inputs.labels(model).observe(len(batch.entries))
+        self.batch_tokens.labels(model).observe(padded)
+        self.padding_tokens.labels(model).inc(padded - real)
+        self.embedded_inputs.labels(model).inc(len(batch.entries))
+        self.embedded_tokens.labels(model).inc(real)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

@@ -1,0 +1,96 @@
+"""OpenTelemetry traces over OTLP/gRPC, off unless ``--otlp-endpoint`` is set.
+
+Each request gets a server span (continuing the client's W3C ``traceparent``) with three children, tokenize, queue
+and inference, built afterwards from the pipeline's own timestamps, so tracing adds no work to the hot path. Each
+forward pass gets its own ``batch`` span, and every request's inference span links to the batches its inputs ran in.
+Spans carry the model, input and token counts, never input text or keys. With no endpoint nothing here runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from embedserve.batching import Batch
+from embedserve.runtime import Timings
+from embedserve.settings import EdgeSettings
+
+_EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
+
+
+def _ns(perf_seconds: float) -> int:
+    """perf_counter seconds -> Unix epoch nanoseconds, what span timestamps are."""
+    return _EPOCH_OFFSET_NS + int(perf_seconds * 1e9)
+
+
+class Tracing:
+    """The tracer provider and exporter, when an OTLP endpoint is configured."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.enabled = settings.otlp_endpoint is not None
+        self._provider: Any = None
+        self._tracer: Any = None
+        if not self.enabled:
+            return
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        endpoint = settings.otlp_endpoint or ""
+        self._provider = TracerProvider(resource=Resource.create({"service.name": settings.otlp_service_name}))
+        exporter = OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
+        self._provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._tracer = self._provider.get_tracer("embedserve")
+
+    def batch_span(self, model: str, batch: Batch) -> Any:
+        """Record one forward pass (backend thread); returns its span context for the requests to link to."""
+        span = self._tracer.start_span(
+            "inference batch",
+            start_time=_ns(batch.t_start),
+            attributes={
+                "embedserve.model": model,
+                "embedserve.batch.inputs": len(batch.entries),
+                "embedserve.batch.tokens": batch.real_tokens,
+                "embedserve.batch.padded_tokens": batch.padded_tokens,
+            },
+        )
+        span.end(end_time=_ns(batch.t_end))
+        return span.get_span_context()
+
+    def request_span(
+        self,
+        name: str,
+        headers: Mapping[str, str],
+        started: float,
+        ended: float,
+        attributes: dict[str, Any],
+        timings: Timings | None,
+        batch_links: Sequence[Any],
+    ) -> None:
+        """Record a whole request after the fact: its span and the tokenize/queue/inference children."""
+        from opentelemetry import trace
+        from opentelemetry.trace import Link, SpanKind
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        parent = TraceContextTextMapPropagator().extract(carrier=dict(headers))
+        span = self._tracer.start_span(
+            name, context=parent, kind=SpanKind.SERVER, start_time=_ns(started), attributes=attributes
+        )
+        if timings is not None:
+            inner = trace.set_span_in_context(span)
+            stages = (
+                ("tokenize", timings.started, timings.enqueued, ()),
+                ("queue", timings.enqueued, timings.first_batch, ()),
+                ("inference", timings.first_batch, timings.computed, [Link(c) for c in batch_links]),
+            )
+            for stage, begin, end, links in stages:
+                child = self._tracer.start_span(stage, context=inner, start_time=_ns(begin), links=links)
+                child.end(end_time=_ns(max(begin, end)))
+        span.end(end_time=_ns(ended))
+
+    def shutdown(self) -> None:
+        """Flush what is buffered and stop the exporter."""
+        if self._provider is not None:
+            self._provider.shutdown()
