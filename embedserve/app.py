@@ -65,7 +65,8 @@ def create_app(
                 server, _ = start_http_server(
                     settings.edge.prometheus_port, addr=settings.server.hostname, registry=ctx.metrics.registry
                 )
-                cleanup.callback(server.shutdown)
+                cleanup.callback(server.server_close)
+                cleanup.callback(server.shutdown)  # runs first: stop serving, then close the socket
             cleanup.enter_context(_reload_keys_on_sighup(ctx.keys))
             try:
                 yield
