@@ -25,7 +25,7 @@ from embedserve.registry import Registry
 from embedserve.runtime import Timings
 from embedserve.settings import Settings
 from embedserve.tracing import Tracing
-from embedserve.web import ClientDisconnectedError, error_response, request_id
+from embedserve.web import REQUEST_ID_HEADER, ClientDisconnectedError, error_response, request_id
 
 log = logging.getLogger("embedserve.http")
 access_log = logging.getLogger("embedserve.access")
@@ -101,6 +101,8 @@ def endpoint(route: str, guard: Guard = "key") -> Callable[[Handler], Handler]:
                 rid = request_id(request)
                 log.error("unhandled error in request %s", rid, exc_info=exc)
                 response = error_response(request, BackendError(f"internal error (request id {rid})"))
+            if REQUEST_ID_HEADER not in response.headers:
+                response.headers[REQUEST_ID_HEADER] = request_id(request)
             record(request, route, response.status_code, started, found, kid)
             return response
 

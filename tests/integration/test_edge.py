@@ -44,6 +44,22 @@ def test_requests_without_a_valid_key_get_401_with_www_authenticate_in_both_shap
     assert info.status_code == 401
 
 
+def test_every_response_carries_a_request_id_echoing_the_clients(keyed_server):
+    with keyed_server.client() as client:
+        responses = [
+            client.get("/health"),
+            client.get("/info", headers=auth()),
+            client.get("/v1/models"),
+            client.get("/metrics"),
+            client.get("/nowhere"),
+            client.post("/embed", json={"inputs": "x"}),
+        ]
+        echoed = client.get("/v1/models", headers={**auth(), "x-request-id": "trace-me-7"})
+    for response in responses:
+        assert len(response.headers["x-request-id"]) == 32
+    assert echoed.headers["x-request-id"] == "trace-me-7"
+
+
 def test_a_valid_key_is_served_and_health_and_metrics_stay_open(keyed_server):
     with keyed_server.client() as client:
         assert client.post("/embed", json={"inputs": "x"}, headers=auth()).status_code == 200
