@@ -86,7 +86,7 @@ FULL = Profile(
     ),
     open_fractions=(0.25, 0.5, 0.9),
     open_fixed=(20.0, 60.0),
-    overload_s=15.0,
+    overload_s=60.0,  # long enough that a leak of a few MiB/s shows between the middle and last thirds
     ceiling_texts={"short": 512, "mixed": 256, "long": 64},
     direct_reps=50,
 )
