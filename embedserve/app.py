@@ -27,7 +27,7 @@ from embedserve.keys import ApiKeys
 from embedserve.metrics import Metrics
 from embedserve.modelfiles import ModelLoadError
 from embedserve.registry import Registry, default_loader
-from embedserve.routes import openai, tei
+from embedserve.routes import openai, scoring, tei, tokens
 from embedserve.runtime import Loader
 from embedserve.settings import Settings, SettingsError
 from embedserve.tracing import Tracing
@@ -89,7 +89,7 @@ def create_app(
             )
         )
     app = Starlette(
-        routes=[*tei.ROUTES, *openai.ROUTES],
+        routes=[*tei.ROUTES, *openai.ROUTES, *scoring.ROUTES, *tokens.ROUTES],
         middleware=middleware,
         exception_handlers={HTTPException: handle_http_exception},
         lifespan=lifespan,
@@ -120,7 +120,7 @@ async def _load(ctx: AppContext, on_load_error: Callable[[BaseException], None] 
             batch.span_context = ctx.tracing.batch_span(model, batch)
 
     try:
-        await ctx.registry.start(on_batch)
+        await ctx.registry.start(on_batch, partial=ctx.settings.server.allow_partial_start)
     except ModelLoadError as exc:
         log.error("could not load the models: %s", exc)
         if on_load_error is not None:

@@ -46,13 +46,17 @@ class ModelInfo:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     lowercase: bool = False
+    labels: tuple[str, ...] = ()
+    """Output labels of a classifier or reranker, in logit order."""
+    activation: str = "auto"
+    """Scores of a classifier or reranker: sigmoid, softmax, none, or auto (sigmoid for one label, else softmax)."""
 
 
 class InferenceModel(Protocol):
     """What the backend thread needs from a model. Implemented by :mod:`embedserve.modeling`."""
 
-    def prepare(self, token_ids: Sequence[Sequence[int]]) -> Any:
-        """Pad a batch and move it to the device."""
+    def prepare(self, token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Any:
+        """Pad a batch (and its token type ids, for text pairs) and move it to the device."""
 
     def launch(self, prepared: Any) -> Any:
         """Start the forward pass (and pooling) for a prepared batch."""
@@ -158,7 +162,7 @@ class BackendThread:
     def _prepare(self, batch: Batch) -> tuple[Batch, Any] | None:
         assert self._model is not None
         try:
-            return batch, self._model.prepare(batch.token_ids)
+            return batch, self._model.prepare(batch.token_ids, batch.type_ids)
         except Exception as exc:
             self._failed(batch, exc)
             return None

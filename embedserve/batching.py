@@ -112,12 +112,13 @@ class Job:
 class Entry:
     """One input of one job, waiting in the queue."""
 
-    __slots__ = ("ids", "index", "job")
+    __slots__ = ("ids", "index", "job", "type_ids")
 
-    def __init__(self, job: Job, index: int, ids: list[int]) -> None:
+    def __init__(self, job: Job, index: int, ids: list[int], type_ids: list[int] | None = None) -> None:
         self.job = job
         self.index = index
         self.ids = ids
+        self.type_ids = type_ids
 
 
 class Batch:
@@ -137,6 +138,13 @@ class Batch:
     def token_ids(self) -> list[list[int]]:
         """The inputs' token ids, in batch order."""
         return [entry.ids for entry in self.entries]
+
+    @property
+    def type_ids(self) -> list[list[int]] | None:
+        """Token type ids, for models fed text pairs; None otherwise (one model is fed one form)."""
+        if self.entries[0].type_ids is None:
+            return None
+        return [entry.type_ids or [0] * len(entry.ids) for entry in self.entries]
 
     @property
     def padded_tokens(self) -> int:
@@ -226,9 +234,14 @@ class BatchQueue:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def put(self, job: Job, token_ids: list[list[int]]) -> None:
+    def put(self, job: Job, token_ids: list[list[int]], type_ids: list[list[int]] | None = None) -> None:
         """Queue every input of ``job``. Loop side. Raises UnhealthyError once the queue is closed."""
-        entries = [Entry(job, i, ids) for i, ids in enumerate(token_ids)]
+        if type_ids is None:
+            entries = [Entry(job, i, ids) for i, ids in enumerate(token_ids)]
+        else:
+            entries = [
+                Entry(job, i, ids, types) for i, (ids, types) in enumerate(zip(token_ids, type_ids, strict=True))
+            ]
         with self._cond:
             if self._closed:
                 raise UnhealthyError("the model is shutting down")

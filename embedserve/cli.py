@@ -13,10 +13,11 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
 from embedserve import __version__
+from embedserve.config import load_models
 from embedserve.settings import (
     EdgeSettings,
     ModelSettings,
@@ -32,6 +33,8 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("server", ServerSettings),
     ("edge", EdgeSettings),
 )
+REPEATABLE = {"model_id", "served_model_name"}
+"""Model flags that may be given once per model."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -81,16 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--version", action="version", version=f"embedserve {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file with a `models:` list to serve several models (see the README); the model flags below are "
+        "then the defaults of every entry. Exclusive with --model-id. [env: EMBEDSERVE_CONFIG]",
+    )
     for title, cls in GROUPS:
         group = parser.add_argument_group(title)
         for name, hint, f in _settings_fields(cls):
+            if not f.metadata.get("cli", True):
+                continue
             convert, choices, kind = _field_kind(hint)
+            if name in REPEATABLE:
+                kind = "repeat"
             envs = ", ".join(env_names(name, f.metadata))
             default = f.default if f.default is not MISSING else None
             text = f"{f.metadata['help']} [env: {envs}] [default: {_show(default)}]"
             if kind == "bool":
                 group.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, help=text)
-            elif kind == "list":
+            elif kind in ("list", "repeat"):
                 group.add_argument(
                     flag_name(name), type=convert, action="append", help=text, metavar=f.metadata.get("metavar")
                 )
@@ -118,10 +131,17 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
     values: dict[type[Any], dict[str, Any]] = {cls: {} for _, cls in GROUPS}
     for cls, chosen in values.items():
         for name, hint, f in _settings_fields(cls):
+            if not f.metadata.get("cli", True):
+                continue
             if name in args:
                 given = args[name]
-                # A repeated list flag arrives as one tuple per use: --api-key a --api-key b,c -> (a, b, c).
-                chosen[name] = tuple(item for part in given for item in part) if isinstance(given, list) else given
+                if name in REPEATABLE:
+                    chosen[name] = given  # one value per model: --model-id a --model-id b
+                elif isinstance(given, list):
+                    # A repeated list flag arrives as one tuple per use: --api-key a --api-key b,c -> (a, b, c).
+                    chosen[name] = tuple(item for part in given for item in part)
+                else:
+                    chosen[name] = given
                 continue
             convert, choices, _ = _field_kind(hint)
             for env in env_names(name, f.metadata):
@@ -136,11 +156,38 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
                     raise SettingsError(f"environment variable {env}={raw!r} is not one of {', '.join(choices)}")
                 chosen[name] = value
                 break
+    config = args.get("config") or environ.get("EMBEDSERVE_CONFIG") or None
     return Settings(
         server=ServerSettings(**values[ServerSettings]),
         edge=EdgeSettings(**values[EdgeSettings]),
-        models=(ModelSettings(**values[ModelSettings]),),
+        models=_models(values[ModelSettings], from_flags="model_id" in args, config=config),
     )
+
+
+def _models(values: dict[str, Any], *, from_flags: bool, config: str | None) -> tuple[ModelSettings, ...]:
+    """One model per --model-id (names paired by position), or the entries of --config over the model flags."""
+    ids = _as_list(values.pop("model_id", None))
+    names = _as_list(values.pop("served_model_name", None))
+    base = ModelSettings(**values)
+    if config is not None:
+        if from_flags:
+            raise SettingsError("--config and --model-id are exclusive: list the models in the config file")
+        if names:
+            raise SettingsError("--served-model-name does not apply with --config: give each entry a `name`")
+        return load_models(config, base)
+    if len(names) > max(1, len(ids)) or (len(ids) > 1 and names and len(names) != len(ids)):
+        raise SettingsError("give one --served-model-name per --model-id, in the same order, or none")
+    ids = ids or [base.model_id]
+    return tuple(
+        replace(base, model_id=model_id, served_model_name=names[i] if names else None)
+        for i, model_id in enumerate(ids)
+    )
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,10 @@ class SentenceTransformersConfig:
     """What a model's sentence-transformers files say that serving needs; None/empty when the files are absent."""
 
     pooling: str | None = None
+    sparse: bool = False
+    """A SPLADE model (its pipeline ends in SpladePooling)."""
+    has_modules: bool = False
+    """The directory has a sentence-transformers ``modules.json``."""
     max_seq_length: int | None = None
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
@@ -94,12 +98,15 @@ def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig:
     """Parse the sentence-transformers files of a model directory (all optional)."""
     modules = _read_json(path / "modules.json")
     pooling: str | None = None
+    sparse = False
     if isinstance(modules, list):
         for module in modules:
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
             # A Normalize module needs nothing: vectors are normalized unless a request says `normalize: false`.
             if kind == "Pooling":
                 pooling = _pooling_mode(_read_json(path / str(module.get("path", "")) / "config.json"), path)
+            elif kind == "SpladePooling":
+                sparse = True
             elif kind in ("Dense", "LayerNorm", "WordWeights", "CNN", "LSTM", "Router", "Asym"):
                 raise ModelLoadError(
                     f"{path} uses a sentence-transformers {kind} module after the transformer; embedserve serves "
@@ -113,6 +120,8 @@ def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig:
     max_seq_length = st_config.get("max_seq_length")
     return SentenceTransformersConfig(
         pooling=pooling,
+        sparse=sparse,
+        has_modules=isinstance(modules, list),
         max_seq_length=max_seq_length if isinstance(max_seq_length, int) and max_seq_length > 0 else None,
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         prompts=dict(prompts),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from embedserve.backend import InferenceModel, ModelInfo
 from embedserve.batching import Batch
 from embedserve.errors import ModelNotFoundError
+from embedserve.modelfiles import ModelLoadError
 from embedserve.runtime import Loader, ModelRuntime, State
 from embedserve.settings import ModelSettings, Settings
 
@@ -30,6 +31,7 @@ class Registry:
             spec.served_name: ModelRuntime(spec, loader) for spec in settings.models
         }
         self.default = next(iter(self.runtimes.values()))
+        self.partial = False
 
     def resolve(self, name: str | None) -> ModelRuntime:
         """The runtime serving ``name``; the default model when ``name`` is None."""
@@ -41,10 +43,19 @@ class Registry:
             raise ModelNotFoundError(f"model {name!r} is not served here; served models: {served}", param="model")
         return runtime
 
-    async def start(self, on_batch: Callable[[str, Batch], None] | None = None) -> None:
-        """Load every model, one after the other (they may share a GPU). Raises on the first failure."""
+    async def start(self, on_batch: Callable[[str, Batch], None] | None = None, *, partial: bool = False) -> None:
+        """Load every model, one after the other (they may share a GPU). Raises on the first failure, unless
+        ``partial``: then a model that fails is reported as failed and the others carry on (if any loads)."""
+        self.partial = partial
         for runtime in self.runtimes.values():
-            await runtime.start(on_batch)
+            try:
+                await runtime.start(on_batch)
+            except Exception:
+                if not partial:
+                    raise
+                log.exception("model %s failed to load; serving the others (--allow-partial-start)", runtime.name)
+        if not any(runtime.healthy for runtime in self.runtimes.values()):
+            raise ModelLoadError("no model could be loaded")
 
     def stop_admitting(self) -> None:
         """Every model answers new requests with 503 from now on (draining)."""
@@ -57,8 +68,13 @@ class Registry:
 
     @property
     def healthy(self) -> bool:
-        """True when every model is ready with a live backend."""
-        return all(runtime.healthy for runtime in self.runtimes.values())
+        """True when every model is ready with a live backend (with a partial start: every model that loaded)."""
+        serving = [r for r in self.runtimes.values() if not (self.partial and r.state is State.FAILED)]
+        return bool(serving) and all(runtime.healthy for runtime in serving)
+
+    def states(self) -> dict[str, str]:
+        """Each model's state, for /health."""
+        return {name: runtime.state.value for name, runtime in self.runtimes.items()}
 
     @property
     def state(self) -> str:

@@ -12,23 +12,21 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from embedserve.backend import BackendThread, InferenceModel, ModelInfo
 from embedserve.batching import Admission, Batch, BatchQueue, Job
 from embedserve.errors import (
     BackendError,
+    CapabilityError,
     EmbedServeError,
     OverloadedError,
     UnhealthyError,
     ValidationError,
 )
 from embedserve.modelfiles import ModelLoadError
-from embedserve.schemas import EmbedRequest
 from embedserve.settings import ModelSettings
 from embedserve.tokenization import TokenizerPool
 
@@ -76,13 +74,26 @@ class Timings:
 
 
 @dataclass(frozen=True, slots=True)
-class EmbedResult:
-    """Vectors in input order, with the real token count, timings and the batches' trace span contexts."""
+class RunResult:
+    """The model's output for each input, in input order, with the real token count, timings and the batches'
+    trace span contexts."""
 
-    vectors: np.ndarray
-    prompt_tokens: int
+    rows: list[Any]
+    tokens: int
     timings: Timings
     batch_links: tuple[Any, ...] = ()
+
+
+Encoder = Callable[[TokenizerPool], Awaitable[list[list[int]] | list[tuple[list[int], list[int]]]]]
+"""Tokenizes a request on the pool: token ids per input, or (ids, token type ids) per text pair."""
+
+CAPABILITIES = {
+    "embedding": ("/embed", "/v1/embeddings"),
+    "sparse": ("/embed_sparse",),
+    "rerank": ("/rerank", "/v1/rerank", "/predict"),
+    "classify": ("/predict",),
+}
+"""The inference routes each kind of model serves; every model also serves /tokenize and /decode."""
 
 
 class ModelRuntime:
@@ -190,13 +201,43 @@ class ModelRuntime:
         """Most inputs seen in one forward pass."""
         return self._backend.largest_batch if self._backend is not None else 0
 
-    async def embed(self, request: EmbedRequest, request_id: str = "") -> EmbedResult:
-        """Run one embedding request through the pipeline."""
-        tokenizers, queue, info = self._ready()
-        n = len(request.inputs)
-        self._check_limits(request, info)
-        texts = self._texts(request, info)
-        truncate = self.spec.auto_truncate if request.truncate is None else request.truncate
+    def require(self, route: str) -> tuple[TokenizerPool, ModelInfo]:
+        """The tokenizer pool and model info, once the model is ready and its kind serves ``route``; else 503/422."""
+        tokenizers, _, info = self._ready()
+        if route not in CAPABILITIES[info.kind] and route not in ("/tokenize", "/decode"):
+            serves = ", ".join((*CAPABILITIES[info.kind], "/tokenize", "/decode"))
+            raise CapabilityError(f"model {self.name!r} is a {info.kind} model: it serves {serves}, not {route}")
+        return tokenizers, info
+
+    def check_batch_size(self, n: int, param: str) -> None:
+        """Requests carry at most --max-client-batch-size inputs."""
+        if n > self.spec.max_client_batch_size:
+            raise ValidationError(
+                f"batch size {n} > maximum allowed batch size {self.spec.max_client_batch_size}", param=param
+            )
+
+    def truncate(self, requested: bool | None) -> bool:
+        """A request's truncation choice, defaulting to --auto-truncate."""
+        return self.spec.auto_truncate if requested is None else requested
+
+    def texts(self, inputs: list[str], prompt_name: str | None) -> list[str]:
+        """Inputs with the request's prompt (or the default prompt) prepended, lower-cased if the model says so."""
+        _, _, info = self._ready()
+        prompt = self._prompt
+        if prompt_name is not None:
+            if prompt_name not in info.prompts:
+                raise ValidationError(
+                    f"prompt name {prompt_name!r} is not among the model's prompts ({_names(info.prompts)})",
+                    param="prompt_name",
+                )
+            prompt = info.prompts[prompt_name]
+        texts = inputs if prompt is None else [prompt + text for text in inputs]
+        return [text.lower() for text in texts] if info.lowercase else texts
+
+    async def run(self, n: int, encode: Encoder, request_id: str = "") -> RunResult:
+        """The pipeline: admission (429 at once when full), tokenization on the pool, the queue, the batches."""
+        _, queue, _ = self._ready()
+        assert self._tokenizers is not None
         if not self.admission.try_acquire(n):
             raise OverloadedError(
                 f"model {self.name!r} is overloaded: all {self.admission.capacity} input slots are taken; retry soon",
@@ -204,11 +245,14 @@ class ModelRuntime:
             )
         t0 = time.perf_counter()
         try:
-            token_ids = await tokenizers.encode(
-                texts, truncate=truncate, direction=request.truncation_direction, param=request.input_param
-            )
+            encoded = await encode(self._tokenizers)
             job = Job(asyncio.get_running_loop(), n, request_id)
-            queue.put(job, token_ids)
+            if encoded and isinstance(encoded[0], tuple):
+                ids = [pair[0] for pair in encoded]
+                queue.put(job, ids, [pair[1] for pair in encoded])
+            else:
+                ids = encoded  # type: ignore[assignment]
+                queue.put(job, ids)
             try:
                 await job.future
             except asyncio.CancelledError:
@@ -221,7 +265,6 @@ class ModelRuntime:
         finally:
             self.admission.release(n)
         t_end = time.perf_counter()
-        vectors = _postprocess(np.stack(job.rows), request.dimensions, request.normalize)
         timings = Timings(
             started=t0,
             enqueued=job.t_enqueued,
@@ -230,7 +273,7 @@ class ModelRuntime:
             finished=t_end,
             inference=job.inference_seconds,
         )
-        return EmbedResult(vectors, sum(map(len, token_ids)), timings, tuple(job.batch_links))
+        return RunResult(job.rows, sum(map(len, ids)), timings, tuple(job.batch_links))
 
     def _ready(self) -> tuple[TokenizerPool, BatchQueue, ModelInfo]:
         if self.state is not State.READY or self._backend is None or not self._backend.alive:
@@ -243,32 +286,9 @@ class ModelRuntime:
     def _state_text(self) -> str:
         if self.state is State.READY:
             return "unavailable: its backend thread stopped"
+        if self.state is State.FAILED:
+            return f"unavailable: it failed to load ({self.error})"
         return self.state.value
-
-    def _check_limits(self, request: EmbedRequest, info: ModelInfo) -> None:
-        n = len(request.inputs)
-        if n > self.spec.max_client_batch_size:
-            raise ValidationError(
-                f"batch size {n} > maximum allowed batch size {self.spec.max_client_batch_size}",
-                param=request.input_param,
-            )
-        if request.dimensions is not None and request.dimensions > info.dim:
-            raise ValidationError(
-                f"`dimensions` {request.dimensions} is larger than the model's {info.dim} dimensions",
-                param="dimensions",
-            )
-
-    def _texts(self, request: EmbedRequest, info: ModelInfo) -> list[str]:
-        prompt = self._prompt
-        if request.prompt_name is not None:
-            if request.prompt_name not in info.prompts:
-                raise ValidationError(
-                    f"prompt name {request.prompt_name!r} is not among the model's prompts ({_names(info.prompts)})",
-                    param="prompt_name",
-                )
-            prompt = info.prompts[request.prompt_name]
-        texts = request.inputs if prompt is None else [prompt + text for text in request.inputs]
-        return [text.lower() for text in texts] if info.lowercase else texts
 
     def stop_admitting(self) -> None:
         """From now on new requests get 503; admitted ones carry on."""
@@ -291,16 +311,6 @@ class ModelRuntime:
         if self._tokenizers is not None:
             self._tokenizers.close()
         self.state = State.STOPPED
-
-
-def _postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
-    """Matryoshka truncation first, then L2 normalization, so truncated vectors are unit length too."""
-    if dimensions is not None:
-        vectors = vectors[:, :dimensions]
-    if normalize:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.maximum(norms, 1e-12)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 def _names(prompts: dict[str, str]) -> str:

@@ -16,7 +16,8 @@ from typing import Any, Literal
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 Dtype = Literal["float16", "bfloat16", "float32"]
-Pooling = Literal["cls", "mean", "last-token"]
+Pooling = Literal["cls", "mean", "last-token", "splade"]
+Kind = Literal["embedding", "sparse", "rerank", "classify"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -26,12 +27,13 @@ class SettingsError(ValueError):
     """A setting, or a combination of settings, that cannot work. The message names the flag to change."""
 
 
-def opt(help_text: str, *, tei_env: bool = True, metavar: str | None = None) -> dict[str, Any]:
+def opt(help_text: str, *, tei_env: bool = True, metavar: str | None = None, cli: bool = True) -> dict[str, Any]:
     """Field metadata: the help text and whether the bare TEI-style env var (``MAX_BATCH_TOKENS``) is honoured.
 
-    ``EMBEDSERVE_<NAME>`` is always honoured and wins over the bare name.
+    ``EMBEDSERVE_<NAME>`` is always honoured and wins over the bare name. ``cli=False`` fields are set only from a
+    ``--config`` file (they are not scalars a flag could carry).
     """
-    return {"help": help_text, "tei_env": tei_env, "metavar": metavar}
+    return {"help": help_text, "tei_env": tei_env, "metavar": metavar, "cli": cli}
 
 
 def env_names(name: str, metadata: Any) -> list[str]:
@@ -54,8 +56,9 @@ class ModelSettings:
     model_id: str = field(
         default=DEFAULT_MODEL_ID,
         metadata=opt(
-            "Hugging Face hub id or local directory of the model. The default, all-MiniLM-L6-v2, is installed with "
-            "embedserve and loads offline. Hub ids go through the normal HF cache (HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)."
+            "Hugging Face hub id or local directory of the model; repeat it to serve several models. The default, "
+            "all-MiniLM-L6-v2, is installed with embedserve and loads offline. Hub ids go through the normal HF cache "
+            "(HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)."
         ),
     )
     revision: str | None = field(
@@ -66,7 +69,7 @@ class ModelSettings:
         default=None,
         metadata=opt(
             "Name clients use in the `model` field and that responses report. Defaults to --model-id. Pick a short "
-            "stable name so clients survive a model upgrade."
+            "stable name so clients survive a model upgrade. With several --model-id, give one per model, in order."
         ),
     )
     dtype: Dtype | None = field(
@@ -80,11 +83,26 @@ class ModelSettings:
         default="auto",
         metadata=opt("auto (CUDA if available, else CPU), cpu, cuda or cuda:N.", metavar="{auto,cpu,cuda,cuda:N}"),
     )
+    kind: Kind | None = field(
+        default=None,
+        metadata=opt(
+            "What the model does: embedding (dense vectors), sparse (SPLADE), rerank (a cross-encoder with one "
+            "score), classify (a classifier with labels). Default: detected from its files; see the README."
+        ),
+    )
     pooling: Pooling | None = field(
         default=None,
         metadata=opt(
             "How token states become one vector. Default: the model's sentence-transformers pooling config; without "
-            "one, cls for encoders and last-token for decoder models."
+            "one, cls for encoders and last-token for decoder models. splade makes a masked-LM model sparse."
+        ),
+    )
+    prompts: dict[str, str] = field(
+        default_factory=dict,
+        metadata=opt(
+            "Named prompts added to (and overriding) those of the model's sentence-transformers config, for "
+            "`prompt_name` and --default-prompt-name. Set in a --config file.",
+            cli=False,
         ),
     )
     max_concurrent_requests: int = field(
@@ -178,6 +196,10 @@ class ModelSettings:
             )
         if self.default_prompt_name is not None and self.default_prompt is not None:
             raise SettingsError("--default-prompt-name and --default-prompt are exclusive; set only one of them")
+        if self.pooling == "splade" and self.kind not in (None, "sparse"):
+            raise SettingsError(f"--pooling splade makes a sparse model, but --kind is {self.kind}; drop one of them")
+        if self.kind == "sparse" and self.pooling not in (None, "splade"):
+            raise SettingsError(f"--kind sparse pools with splade, not {self.pooling}; drop --pooling")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +225,13 @@ class ServerSettings:
     )
     json_output: bool = field(
         default=False, metadata=opt("Log one JSON object per line (for log shippers) instead of plain text.")
+    )
+    allow_partial_start: bool = field(
+        default=False,
+        metadata=opt(
+            "When one of several models fails to load, serve the others and report it as failed in /health and "
+            "/info, instead of exiting."
+        ),
     )
     log_level: LogLevel = field(
         default="info",
@@ -329,5 +358,6 @@ def field_docs(cls: type[Any]) -> list[tuple[str, str, list[str], Any]]:
     """(flag, help, env vars, default) for every field of a settings class; the README flag table is built from it."""
     rows = []
     for f in fields(cls):
-        rows.append((flag_name(f.name), f.metadata["help"], env_names(f.name, f.metadata), f.default))
+        if f.metadata.get("cli", True):
+            rows.append((flag_name(f.name), f.metadata["help"], env_names(f.name, f.metadata), f.default))
     return rows

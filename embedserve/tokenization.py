@@ -11,11 +11,23 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
 from embedserve.errors import ValidationError
 from embedserve.schemas import Direction
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One token as /tokenize reports it."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 def load_tokenizer(tokenizer_json: str) -> Tokenizer:
@@ -36,6 +48,8 @@ class TokenizerPool:
         self.max_input_length = max_input_length
         probe = load_tokenizer(tokenizer_json)
         self._special_tokens = probe.num_special_tokens_to_add(False)
+        self.vocab_size = probe.get_vocab_size()
+        self._vocab = [probe.id_to_token(i) or "" for i in range(self.vocab_size)]
         if max_input_length <= self._special_tokens:
             raise ValueError(f"maximum input length {max_input_length} leaves no room for text")
         self._workers = workers
@@ -85,6 +99,77 @@ class TokenizerPool:
                 raise ValidationError(f"`{param}[{i}]` has no tokens after tokenization", param=param)
             result.append(ids)
         return result
+
+    async def encode_pairs(
+        self, pairs: list[tuple[str, str | None]], *, truncate: bool, direction: Direction, param: str
+    ) -> list[tuple[list[int], list[int]]]:
+        """(ids, token type ids) for each (first, second) text pair, or single text when second is None."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.encode_pairs_sync, pairs, truncate, direction, param)
+
+    def encode_pairs_sync(
+        self, pairs: list[tuple[str, str | None]], truncate: bool, direction: Direction, param: str
+    ) -> list[tuple[list[int], list[int]]]:
+        """The blocking body of :meth:`encode_pairs`. Over-long pairs lose tokens from the second text (the
+        document), and from the first only if it alone leaves no room."""
+        tokenizer = self._tokenizer()
+        result = []
+        for i, (first, second) in enumerate(pairs):
+            query = tokenizer.encode(first, add_special_tokens=False)
+            document = None if second is None else tokenizer.encode(second, add_special_tokens=False)
+            room = self.max_input_length - tokenizer.num_special_tokens_to_add(document is not None)
+            length = len(query) + (len(document) if document is not None else 0)
+            if length > room:
+                if not truncate:
+                    raise ValidationError(
+                        f"`{param}[{i}]` is {length + self.max_input_length - room} tokens long; the model takes at "
+                        f"most {self.max_input_length}. Shorten it or send `truncate: true`",
+                        param=param,
+                    )
+                if document is None or len(query) >= room:
+                    query.truncate(room if document is None else room // 2, direction=direction)
+                if document is not None:
+                    document.truncate(room - len(query), direction=direction)
+            encoding = tokenizer.post_process(query, document)
+            result.append((encoding.ids, encoding.type_ids))
+        return result
+
+    async def tokens(self, texts: list[str], *, add_special_tokens: bool) -> list[list[Token]]:
+        """Every token of each text, with its character span in the text (None for special tokens)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._tokens_sync, texts, add_special_tokens)
+
+    def _tokens_sync(self, texts: list[str], add_special_tokens: bool) -> list[list[Token]]:
+        tokenizer = self._tokenizer()
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        result = []
+        for text, encoding in zip(texts, encodings, strict=True):
+            tokens = []
+            for token_id, token, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask, strict=True
+            ):
+                if special:
+                    tokens.append(Token(token_id, token, True, None, None))
+                else:
+                    tokens.append(Token(token_id, text[start:stop], False, start, stop))
+            result.append(tokens)
+        return result
+
+    async def decode(self, ids: list[list[int]], *, skip_special_tokens: bool, param: str = "ids") -> list[str]:
+        """Text for each list of token ids; ids outside the vocabulary are a validation error."""
+        for i, row in enumerate(ids):
+            bad = next((token for token in row if not 0 <= token < self.vocab_size), None)
+            if bad is not None:
+                raise ValidationError(f"`{param}[{i}]` holds {bad}, not a token id of this model", param=param)
+        loop = asyncio.get_running_loop()
+        tokenizer = self._tokenizer  # resolved on the worker thread, which owns its tokenizer
+        return await loop.run_in_executor(
+            self._executor, lambda: tokenizer().decode_batch(ids, skip_special_tokens=skip_special_tokens)
+        )
+
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary entry of a token id (for sparse results with ``return_tokens``)."""
+        return self._vocab[token_id] if 0 <= token_id < len(self._vocab) else ""
 
     def _tokenizer(self) -> Tokenizer:
         tokenizer: Tokenizer | None = getattr(self._local, "tokenizer", None)

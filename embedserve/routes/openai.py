@@ -11,11 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from embedserve import tasks
 from embedserve.edge import context, endpoint
-from embedserve.routes.common import run_embed
+from embedserve.routes.common import compute, read_body, resolve
 from embedserve.runtime import ModelRuntime
 from embedserve.schemas import parse_openai_embeddings
-from embedserve.web import json_response
+from embedserve.web import json_response, request_id
 
 _STARTED = int(time.time())
 
@@ -23,7 +24,10 @@ _STARTED = int(time.time())
 @endpoint("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     """``{"object": "list", "data": [...], "model": ..., "usage": ...}`` with float lists or base64 float32."""
-    parsed, runtime, result, headers = await run_embed(request, parse_openai_embeddings)
+    parsed = parse_openai_embeddings(await read_body(request))
+    runtime = resolve(request, parsed.model)
+    work = tasks.embed(runtime, parsed, "/v1/embeddings", request_id(request))
+    result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
     vectors = result.vectors
     data: list[dict[str, Any]] = [
         {"object": "embedding", "embedding": _encode(row, parsed.encoding_format), "index": i}
@@ -66,8 +70,8 @@ def _model(runtime: ModelRuntime) -> dict[str, Any]:
         "object": "model",
         "created": _STARTED,
         "owned_by": "embedserve",
-        "kind": info.kind if info else None,
-        "dimensions": info.dim if info else None,
+        "kind": info.kind if info else runtime.spec.kind,
+        "dimensions": info.dim if info and info.kind in ("embedding", "sparse") else None,
         "max_input_length": runtime.max_input_length or None,
         "state": runtime.state.value,
     }

@@ -9,20 +9,43 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from embedserve import __version__
+from embedserve import __version__, tasks
 from embedserve.edge import context, endpoint
 from embedserve.errors import UnhealthyError
-from embedserve.routes.common import run_embed
+from embedserve.routes.common import compute, read_body, resolve
 from embedserve.runtime import ModelRuntime
-from embedserve.schemas import parse_tei_embed
-from embedserve.web import json_response
+from embedserve.schemas import parse_sparse, parse_tei_embed
+from embedserve.web import json_response, request_id
 
 
 @endpoint("/embed")
 async def embed(request: Request) -> Response:
     """Dense embeddings: ``[[float, ...], ...]`` in input order."""
-    _, _, result, headers = await run_embed(request, parse_tei_embed)
+    parsed = parse_tei_embed(await read_body(request))
+    runtime = resolve(request, parsed.model)
+    work = tasks.embed(runtime, parsed, "/embed", request_id(request))
+    result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
     return json_response(result.vectors, headers=headers)
+
+
+@endpoint("/embed_sparse")
+async def embed_sparse(request: Request) -> Response:
+    """SPLADE vectors: ``[[{"index": int, "value": float, "token"?: str}, ...], ...]``, zeros dropped."""
+    parsed = parse_sparse(await read_body(request))
+    runtime = resolve(request, parsed.model)
+    work = tasks.embed_sparse(runtime, parsed, request_id(request))
+    result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
+    tokenizers, _ = runtime.require("/embed_sparse")
+    body = []
+    for indices, values in result.rows:
+        terms: list[dict[str, Any]] = [
+            {"index": int(i), "value": float(v)} for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+        ]
+        if parsed.return_tokens:
+            for term in terms:
+                term["token"] = tokenizers.token_text(term["index"])
+        body.append(terms)
+    return json_response(body, headers=headers)
 
 
 @endpoint("/health", guard="open")
@@ -30,8 +53,9 @@ async def health(request: Request) -> Response:
     """200 when every model is ready; 503 while loading, draining, or after a backend died."""
     registry = context(request).registry
     if registry.healthy:
-        return json_response({"status": "ready"})
-    raise UnhealthyError(f"not ready: {registry.state}")
+        return json_response({"status": "ready", "models": registry.states()})
+    states = ", ".join(f"{name} {state}" for name, state in registry.states().items())
+    raise UnhealthyError(f"not ready: {states}")
 
 
 @endpoint("/info")
@@ -53,8 +77,9 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         "served_model_name": runtime.name,
         "model_dtype": model.dtype if model else spec.dtype,
         "model_device": model.device if model else spec.device,
-        "model_type": {"embedding": {"pooling": model.pooling if model else spec.pooling}},
-        "dimensions": model.dim if model else None,
+        "kind": model.kind if model else spec.kind,
+        "model_type": _model_type(runtime),
+        "dimensions": model.dim if model and model.kind in ("embedding", "sparse") else None,
         "max_input_length": runtime.max_input_length or None,
         "prompts": model.prompts if model else {},
         "max_concurrent_requests": spec.max_concurrent_requests,
@@ -75,8 +100,21 @@ async def metrics(request: Request) -> Response:
     return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _model_type(runtime: ModelRuntime) -> dict[str, Any]:
+    """TEI's ``model_type``: embedding (with its pooling), reranker or classifier (with its labels)."""
+    model = runtime.info
+    if model is None:
+        return {}
+    if model.kind in ("rerank", "classify"):
+        labels = {"id2label": {str(i): label for i, label in enumerate(model.labels)},
+                  "label2id": {label: i for i, label in enumerate(model.labels)}}  # fmt: skip
+        return {"reranker" if model.kind == "rerank" else "classifier": labels}
+    return {"embedding": {"pooling": model.pooling}}
+
+
 ROUTES = [
     Route("/embed", embed, methods=["POST"]),
+    Route("/embed_sparse", embed_sparse, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/info", info, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -33,7 +33,7 @@ def test_health_and_embeddings_answer_503_while_the_model_loads(minilm_path):
         try:
             health = client.get("/health")
             assert health.status_code == 503
-            assert health.json() == {"error": "not ready: loading", "error_type": "Unhealthy"}
+            assert health.json() == {"error": "not ready: minilm loading", "error_type": "Unhealthy"}
             loading = client.post("/v1/embeddings", json={"input": "x", "model": "minilm"})
             assert loading.status_code == 503
             assert loading.json()["error"]["code"] == "unavailable"
@@ -44,7 +44,7 @@ def test_health_and_embeddings_answer_503_while_the_model_loads(minilm_path):
             if client.get("/health").status_code == 200:
                 break
             time.sleep(0.05)
-        assert client.get("/health").json() == {"status": "ready"}
+        assert client.get("/health").json() == {"status": "ready", "models": {"minilm": "ready"}}
         assert client.post("/embeddings", json={"input": "x", "model": "minilm"}).status_code == 200
 
 

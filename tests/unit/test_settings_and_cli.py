@@ -87,6 +87,8 @@ def test_every_settings_field_has_a_flag_with_help_and_env_names():
     help_text = build_parser().format_help()
     for cls in (ModelSettings, ServerSettings):
         for f in fields(cls):
+            if not f.metadata.get("cli", True):
+                continue  # set in a --config file only
             flag = "--" + f.name.replace("_", "-")
             assert flag in help_text
             assert f"EMBEDSERVE_{f.name.upper()}" in help_text

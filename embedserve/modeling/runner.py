@@ -1,0 +1,102 @@
+"""What every model runner shares: padding a batch into tensors on the device, the launch/finish split that lets
+the next batch be prepared while the GPU computes, and the warm-up that measures a forward pass's fixed cost."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from itertools import chain
+from typing import Any
+
+import numpy as np
+import torch
+
+Prepared = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+"""ids, attention mask, lengths, token type ids (pairs only)."""
+
+
+class Runner:
+    """A loaded transformers model, run as prepare -> launch -> finish on its backend thread.
+
+    Subclasses implement :meth:`forward` (device tensors in, one device tensor out, first dimension the batch) and
+    may override :meth:`to_results` (host array -> one result per input).
+    """
+
+    def __init__(self, model: Any, *, device: torch.device, pad_id: int, max_len: int) -> None:
+        self.model = model
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.pad_id = pad_id
+        self.max_len = max_len
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, types: torch.Tensor | None) -> Any:
+        """The model's output for a prepared batch, as a float32 tensor on the device."""
+        raise NotImplementedError
+
+    def to_results(self, host: np.ndarray) -> Iterable[Any]:
+        """One result per input from the host copy of :meth:`forward`'s output."""
+        return host
+
+    def prepare(self, token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Prepared:
+        """Right-pad into tensors on the device (pinned memory and an asynchronous copy on CUDA)."""
+        lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
+        longest = int(lengths.max())
+        mask = np.arange(longest) < lengths[:, None]
+        ids = np.full((len(token_ids), longest), self.pad_id, dtype=np.int64)
+        ids[mask] = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=int(lengths.sum()))
+        types = None
+        if type_ids is not None:
+            types = np.zeros((len(token_ids), longest), dtype=np.int64)
+            types[mask] = np.fromiter(chain.from_iterable(type_ids), dtype=np.int64, count=int(lengths.sum()))
+        arrays = (ids, mask.astype(np.int64), lengths)
+        tensors = [torch.from_numpy(a) for a in arrays]
+        typed = None if types is None else torch.from_numpy(types)
+        if self.cuda:
+            tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
+            typed = None if typed is None else typed.pin_memory().to(self.device, non_blocking=True)
+        return tensors[0], tensors[1], tensors[2], typed
+
+    def launch(self, prepared: Prepared) -> tuple[torch.Tensor, Any]:
+        """Forward pass. On CUDA this returns once the work is queued, with a copy to pinned host memory."""
+        with torch.inference_mode():
+            out = self.forward(*prepared)
+            if not self.cuda:
+                return out, None
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record()
+            return host, done
+
+    def finish(self, launched: tuple[torch.Tensor, Any]) -> Iterable[Any]:
+        """Wait for the device; one result per input, in batch order."""
+        host, done = launched
+        if done is not None:
+            done.synchronize()
+        return self.to_results(host.numpy())
+
+    def warmup(self, max_batch_tokens: int) -> float:
+        """Time a one-input batch and a large one, fitting ``time = fixed + per_token * padded_tokens``; returns
+        ``fixed / per_token``. On CUDA the large batch is a full ``max_batch_tokens`` one, so an out-of-memory shows
+        at start-up; on CPU it is 1024 tokens, enough to measure the per-token cost in well under a second."""
+        short = 16
+        small = self._typical_time([[self.pad_id] * short])
+        large_tokens = max_batch_tokens if self.cuda else min(1024, max_batch_tokens)
+        length = min(128, self.max_len, large_tokens)
+        batch = [[self.pad_id] * length] * max(1, large_tokens // length)
+        large = self._typical_time(batch)
+        per_token = (large - small) / max(1, length * len(batch) - short)
+        if per_token <= 0:  # too little compute to tell apart: batching costs nothing, so always fill batches
+            return float(max_batch_tokens)
+        return min(float(max_batch_tokens), max(0.0, small - short * per_token) / per_token)
+
+    def _typical_time(self, batch: list[list[int]]) -> float:
+        for _ in range(2):  # the first calls of a shape pay for lazy kernel set-up
+            self.finish(self.launch(self.prepare(batch)))
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            self.finish(self.launch(self.prepare(batch)))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)

@@ -1,0 +1,90 @@
+"""Cross-encoder routes: ``/rerank`` (TEI), ``/v1/rerank`` (Cohere/Jina shape) and ``/predict`` (TEI classify)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from embedserve import tasks
+from embedserve.edge import endpoint
+from embedserve.routes.common import compute, read_body, resolve
+from embedserve.schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
+from embedserve.tasks import ScoreResult
+from embedserve.web import json_response, request_id
+
+
+async def _rerank(request: Request, route: str, parsed: RerankRequest) -> tuple[ScoreResult, dict[str, str], str]:
+    runtime = resolve(request, parsed.model)
+    pairs: list[tuple[str, str | None]] = [(parsed.query, document) for document in parsed.documents]
+    work = tasks.score(
+        runtime, route, pairs, truncate=parsed.truncate, direction=parsed.truncation_direction,
+        raw=parsed.raw_scores, param="texts" if route == "/rerank" else "documents", request_id=request_id(request),
+    )  # fmt: skip
+    characters = len(parsed.query) * len(pairs) + sum(map(len, parsed.documents))
+    result, headers = await compute(request, work, len(pairs), characters)
+    return result, headers, runtime.name
+
+
+def _ranked(result: ScoreResult) -> list[tuple[int, float]]:
+    """(document index, score), best first; ties keep the documents' order."""
+    scores = result.scores[:, 0].tolist()
+    return sorted(enumerate(scores), key=lambda item: -item[1])
+
+
+@endpoint("/rerank")
+async def rerank(request: Request) -> Response:
+    """``[{"index", "score", "text"?}, ...]`` sorted by score, best first."""
+    parsed = parse_tei_rerank(await read_body(request))
+    result, headers, _ = await _rerank(request, "/rerank", parsed)
+    body: list[dict[str, Any]] = []
+    for index, score in _ranked(result):
+        item: dict[str, Any] = {"index": index, "score": score}
+        if parsed.return_documents:
+            item["text"] = parsed.documents[index]
+        body.append(item)
+    return json_response(body, headers=headers)
+
+
+@endpoint("/v1/rerank")
+async def rerank_v1(request: Request) -> Response:
+    """``{"id", "results": [{"index", "relevance_score", "document"?: {"text"}}], "model", "usage"}``."""
+    parsed = parse_cohere_rerank(await read_body(request))
+    result, headers, name = await _rerank(request, "/v1/rerank", parsed)
+    ranked = _ranked(result)[: parsed.top_n]
+    results: list[dict[str, Any]] = []
+    for index, score in ranked:
+        item: dict[str, Any] = {"index": index, "relevance_score": score}
+        if parsed.return_documents:
+            item["document"] = {"text": parsed.documents[index]}
+        results.append(item)
+    usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+    return json_response({"id": request_id(request), "results": results, "model": name, "usage": usage},
+                         headers=headers)  # fmt: skip
+
+
+@endpoint("/predict")
+async def predict(request: Request) -> Response:
+    """``[{"score", "label"}, ...]`` sorted by score for one input; a list of those for a batch."""
+    parsed = parse_predict(await read_body(request))
+    runtime = resolve(request, parsed.model)
+    work = tasks.score(
+        runtime, "/predict", parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
+        raw=parsed.raw_scores, param="inputs", request_id=request_id(request),
+    )  # fmt: skip
+    characters = sum(len(a) + len(b or "") for a, b in parsed.inputs)
+    result, headers = await compute(request, work, len(parsed.inputs), characters)
+    predictions = []
+    for row in result.scores.tolist():
+        labelled = [{"score": score, "label": label} for score, label in zip(row, result.labels, strict=True)]
+        predictions.append(sorted(labelled, key=lambda item: -item["score"]))
+    return json_response(predictions if parsed.batched else predictions[0], headers=headers)
+
+
+ROUTES = [
+    Route("/rerank", rerank, methods=["POST"]),
+    Route("/v1/rerank", rerank_v1, methods=["POST"]),
+    Route("/predict", predict, methods=["POST"]),
+]
