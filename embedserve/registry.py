@@ -50,8 +50,10 @@ class Registry:
         for runtime in self.runtimes.values():
             try:
                 await runtime.start(on_batch)
-            except Exception:
+            except Exception as exc:
                 if not partial:
+                    if len(self.runtimes) > 1:
+                        raise ModelLoadError(f"model {runtime.name!r}: {runtime.error or exc}") from exc
                     raise
                 log.exception("model %s failed to load; serving the others (--allow-partial-start)", runtime.name)
         if not any(runtime.healthy for runtime in self.runtimes.values()):

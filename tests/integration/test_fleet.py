@@ -75,6 +75,7 @@ def test_a_model_that_fails_to_load_stops_start_up_naming_it(minilm_path, tmp_pa
         capture_output=True, text=True, timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False,
     )  # fmt: skip
     assert result.returncode == 1
+    assert "model 'broken'" in result.stderr
     assert str(broken) in result.stderr
     assert "config.json" in result.stderr
 
