@@ -131,7 +131,7 @@ def record(request: Request, route: str, status: int, started: float, found: Fac
     """Metrics, one access-log line and (when on) the trace of one answered request. Never input text or keys."""
     ended = time.perf_counter()
     ctx = context(request)
-    ctx.metrics.observe_request(route, found.model, status, ended - started, found.timings)
+    ctx.metrics.observe_request(route, found.model, status, started, ended, found.timings)
     rid = request_id(request)
     latency_ms = round((ended - started) * 1000, 2)
     access_log.info(

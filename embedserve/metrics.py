@@ -40,6 +40,11 @@ class Metrics:
             "embedserve_request_duration_seconds", "Time from the request's arrival to its response, by route.",
             ["route", "model"], buckets=SECONDS, registry=r,
         )  # fmt: skip
+        self.parse_seconds = Histogram(
+            "embedserve_parse_duration_seconds",
+            "Time from a request's arrival to its admission: key, rate limit, reading and validating the body.",
+            ["model"], buckets=SECONDS, registry=r,
+        )  # fmt: skip
         self.tokenization_seconds = Histogram(
             "embedserve_tokenization_duration_seconds", "Time a request spent tokenizing.",
             ["model"], buckets=SECONDS, registry=r,
@@ -50,6 +55,11 @@ class Metrics:
         )  # fmt: skip
         self.inference_seconds = Histogram(
             "embedserve_inference_duration_seconds", "Forward-pass time of the batches a request's inputs ran in.",
+            ["model"], buckets=SECONDS, registry=r,
+        )  # fmt: skip
+        self.serialization_seconds = Histogram(
+            "embedserve_serialization_duration_seconds",
+            "Time from a request's results being back on the event loop to its response built (JSON, base64).",
             ["model"], buckets=SECONDS, registry=r,
         )  # fmt: skip
         self.batch_seconds = Histogram(
@@ -98,11 +108,16 @@ class Metrics:
             self.queue_size.labels(runtime.name).set_function(queued)
             self.inflight.labels(runtime.name).set_function(inflight)
 
-    def observe_request(self, route: str, model: str, status: int, seconds: float, timings: Timings | None) -> None:
-        """One answered request; the stage times only for requests that ran the pipeline."""
+    def observe_request(
+        self, route: str, model: str, status: int, started: float, ended: float, timings: Timings | None
+    ) -> None:
+        """One answered request, from its arrival at ``started`` to its response at ``ended`` (``perf_counter``);
+        the stage times only for requests that ran the pipeline."""
         self.requests.labels(route, model, str(status)).inc()
-        self.request_seconds.labels(route, model).observe(seconds)
+        self.request_seconds.labels(route, model).observe(ended - started)
         if timings is not None:
+            self.parse_seconds.labels(model).observe(max(0.0, timings.started - started))
+            self.serialization_seconds.labels(model).observe(max(0.0, ended - timings.finished))
             self.tokenization_seconds.labels(model).observe(timings.tokenization)
             self.queue_seconds.labels(model).observe(timings.queue)
             self.inference_seconds.labels(model).observe(timings.inference)

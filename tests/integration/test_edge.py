@@ -161,9 +161,14 @@ def test_metrics_add_up_to_the_traffic_sent(minilm_path, reference_model):
         found, "embedserve_padding_tokens_total", **model
     )
     assert value(found, "embedserve_request_duration_seconds_count", route="/v1/embeddings", model="minilm") == 4
-    for stage in ("tokenization", "queue", "inference"):
+    stages = ("parse", "tokenization", "queue", "inference", "serialization")
+    for stage in stages:
         assert value(found, f"embedserve_{stage}_duration_seconds_count", **model) == 4
     assert value(found, "embedserve_inference_duration_seconds_sum", **model) > 0
+    assert value(found, "embedserve_serialization_duration_seconds_sum", **model) > 0
+    # The stages are disjoint parts of each request's time in the server.
+    in_stages = sum(value(found, f"embedserve_{stage}_duration_seconds_sum", **model) for stage in stages)
+    assert in_stages <= value(found, "embedserve_request_duration_seconds_sum", route="/v1/embeddings", model="minilm")
     assert value(found, "embedserve_queue_size_inputs", **model) == 0
     assert value(found, "embedserve_inflight_inputs", **model) == 0
     assert value(found, "embedserve_model_load_seconds", **model) > 0
