@@ -198,6 +198,45 @@ def _cells_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _stages_section(results: dict[str, Any]) -> list[str]:
+    """embedserve's per-request time by stage, from its own metrics, for every cell."""
+    cells = [c for c in results.get("servers", {}).get("embedserve", {}).get("cells", []) if c.get("stages")]
+    if not cells:
+        return []
+    header = ["cell", "parse", "tokenize", "queue", "inference", "serialize", "other in server", "server total"]
+    header += ["outside server", "client mean", "batches", "inputs/batch", "forward ms", "padding"]
+    rows = []
+    for c in cells:
+        st = c["stages"]
+        ms = st["stages_ms"]
+        rows.append(
+            [
+                _cell_name(c),
+                *(_num(ms[k], 2) for k in ("parse", "tokenization", "queue", "inference", "serialization")),
+                _num(st["other_in_server_ms"], 2),
+                _num(st["server_ms"], 2),
+                _num(st.get("outside_server_ms"), 2),
+                _num(c["latency_ms"]["mean"], 2),
+                str(st["batches"]),
+                _num(st["batch_inputs_mean"]),
+                _num(st["forward_ms_mean"], 2),
+                "-" if st["padding_ratio"] is None else f"{100 * st['padding_ratio']:.0f}%",
+            ]
+        )
+    return [
+        "## Where embedserve's time goes (mean ms per request, from its own metrics)",
+        "",
+        "Stages as embedserve's histograms measure them: parse (arrival to admission: body read and validated), "
+        "tokenize, queue (wait for the first batch), inference (the forward passes its inputs ran in), serialize "
+        "(vectors to the response body). Other in server: the rest of the handler's time (waits between the batches "
+        "of a multi-batch request, event-loop scheduling). Outside server: the client's mean latency minus the "
+        "server's (HTTP parsing and framing in uvicorn, sockets, the load generator).",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
 def _overload_section(overload: dict[str, Any]) -> list[str]:
     return [
         "## Overload (embedserve only)",
@@ -244,6 +283,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         lines += [*_ceiling_section(results["ceiling"]), ""]
     if "overload" in results:
         lines += _overload_section(results["overload"])
+    lines += _stages_section(results)
     lines += _cells_section(results)
     lines += [
         "## Plots",

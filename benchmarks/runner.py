@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks import report, servers
+from benchmarks import report, servers, stages
 from benchmarks.loadgen import LoadResult, LoadSpec, build_request, ping, run_worker
 from benchmarks.stats import downsample, summarize
 from benchmarks.texts import LENGTH_MIXES, TokenCounter, make_texts, model_max_length
@@ -391,7 +391,10 @@ def run_cell(run: Run, target: Target, cell: Cell) -> dict[str, Any]:
     """Measure one cell and let the server go idle afterwards."""
     workers = 1 if cell.concurrency or cell.rate <= RATE_PER_WORKER else 2
     profile = run.profile
+    instrumented = target.server.spec.name == "embedserve"
+    before = stages.scrape(servers.HOST, target.server.spec.port) if instrumented else {}
     load = _load(run, target, cell, (profile.warmup_s, profile.duration_s, profile.grace_s), workers)
+    after = stages.scrape(servers.HOST, target.server.spec.port) if instrumented else {}
     _, n_texts, n_tokens = target.requests(run.workload, cell.mix, cell.texts_per_request)
     stats, latencies = summarize(load.results, n_texts, n_tokens, (load.t0, load.t1), spread=cell.mode == "closed")
     record: dict[str, Any] = {
@@ -407,6 +410,12 @@ def run_cell(run: Run, target: Target, cell: Cell) -> dict[str, Any]:
         **load.cpu(),
         "peak_rss_mib": load.peak_rss / 2**20,
     }
+    where = stages.breakdown(before, after, target.model_name) if instrumented else None
+    if where is not None:
+        # The client's mean latency (timed window) minus the server's (whole cell): HTTP framing, sockets, the
+        # load generator. Approximate: the two means cover slightly different sets of requests.
+        where["outside_server_ms"] = stats["latency_ms"]["mean"] - where["server_ms"]
+        record["stages"] = where
     if cell.mode == "closed" and cell.mix == "mixed" and cell.texts_per_request == 1:
         # Kept for the latency CDF plot.
         record["latency_quantiles_ms"] = downsample(latencies)
