@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ def _parts(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its two subcommands."""
+    """The argument parser with its subcommands."""
     from benchmarks.runner import ALL_PARTS
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="embedserve benchmark harness")
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default="auto", help="device of the in-process ceiling: auto, cpu, cuda, cuda:N")
 
+    rep = sub.add_parser("report", help="re-render summary.md and the plots from an existing results.json")
+    rep.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where results.json is (default {DEFAULT_OUT})")
+
     make = sub.add_parser("make-bge-large-shape", help="write a random-weight model shaped like bge-large-en-v1.5")
     make.add_argument("out_dir", type=Path)
     make.add_argument("--tiny", action="store_true", help="a tiny model of the same structure (smoke check)")
@@ -69,6 +73,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         out = make_bge_large_shape(args.out_dir, args.tokenizer_from or default_model(), tiny=args.tiny)
         sys.stdout.write(f"wrote {out}\n")
+        return
+
+    if args.command == "report":
+        from benchmarks import report
+
+        path = args.out.resolve() / "results.json"
+        results = json.loads(path.read_text())
+        results["targets"] = report.targets(results)  # the current definitions, from the same measurements
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        report.write(results, path.parent)
+        sys.stdout.write(f"wrote {path.parent / 'summary.md'}\n")
         return
 
     from benchmarks.runner import Options, execute

@@ -81,6 +81,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 es_p50 / inf_p50,
             )
         )
+    out += _token_targets(results)
     overload = results.get("overload")
     if overload is None:
         out.append(_target("RSS bounded under 10x overload", "not measured", "bounded", None, None))
@@ -92,6 +93,41 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         required = f"growth <= {overload['rss_growth_allowed_mib']:.0f} MiB"
         out.append(_target("RSS bounded under 10x overload", measured, required, bool(overload["rss_bounded"]), growth))
+    return out
+
+
+def _token_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GPU targets: embedserve's tokens/s against the ceiling's, with single-text requests at the highest
+    concurrency and with 32-text requests at the best one. Computed on any device; required only on CUDA."""
+    ceiling = results.get("ceiling", {})
+    on_gpu = str(ceiling.get("device", "")).startswith("cuda")
+    ceiling_tokens = ceiling.get("mixes", {}).get("mixed", {}).get("best_tokens_per_s")
+    cells = [
+        c
+        for c in results.get("servers", {}).get("embedserve", {}).get("cells", [])
+        if c["mode"] == "closed" and c["mix"] == "mixed"
+    ]
+    single = [c for c in cells if c["texts_per_request"] == 1]
+    multi = [c for c in cells if c["texts_per_request"] > 1]
+    highest = max(single, key=lambda c: c["concurrency"], default=None)
+    best_multi = max(multi, key=lambda c: c["tokens_per_s"], default=None)
+    out = []
+    for name, cell, bound in (
+        (f"c={highest['concurrency'] if highest else '?'} single mixed", highest, 0.8),
+        (f"c={best_multi['concurrency'] if best_multi else '?'} 32-text mixed", best_multi, 0.9),
+    ):
+        target = _ratio_target(
+            f"{name}: embedserve tokens/s vs ceiling's (GPU target)",
+            None if cell is None else float(cell["tokens_per_s"]),
+            ceiling_tokens,
+            bound,
+            True,
+            "tokens/s",
+        )
+        if not on_gpu and target["met"] is not None:
+            target["met"] = None
+            target["required"] += " on a GPU (informative here)"
+        out.append(target)
     return out
 
 
@@ -111,7 +147,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _status(met: bool | None) -> str:
-    return {True: "met", False: "**not met**", None: "not measured"}[met]
+    return {True: "met", False: "**not met**", None: "-"}[met]
 
 
 def _headline(results: dict[str, Any]) -> list[str]:
