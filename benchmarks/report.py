@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -350,74 +351,74 @@ def summary_markdown(results: dict[str, Any]) -> str:
 # --- plots -----------------------------------------------------------------------------------------------------
 
 
-def _plot_throughput(results: dict[str, Any], path: Path) -> None:
+@contextlib.contextmanager
+def _figure(path: Path) -> Iterator[Any]:
+    """The axes of one plot, saved to ``path`` (and the figure closed) when the block ends."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for server in SERVER_ORDER:
-        points = [find_cell(results, server, "closed", "mixed", 1, c) for c in (1, 8, 32, 128)]
-        xs = [c["concurrency"] for c in points if c]
-        ys = [c["embeddings_per_s"] for c in points if c]
-        if xs:
-            ax.plot(xs, ys, marker="o", label=server, color=COLORS[server])
-    best = results.get("ceiling", {}).get("mixes", {}).get("mixed", {}).get("best_texts_per_s")
-    if best:
-        ax.axhline(best, linestyle="--", color="gray", label="ceiling (in-process)")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([1, 8, 32, 128], labels=["1", "8", "32", "128"])
-    ax.set_xlabel("concurrent clients (closed loop)")
-    ax.set_ylabel("embeddings/s")
-    ax.set_title("Throughput, single-text requests, mixed lengths")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _plot_throughput(results: dict[str, Any], path: Path) -> None:
+    with _figure(path) as ax:
+        for server in SERVER_ORDER:
+            points = [find_cell(results, server, "closed", "mixed", 1, c) for c in (1, 8, 32, 128)]
+            xs = [c["concurrency"] for c in points if c]
+            ys = [c["embeddings_per_s"] for c in points if c]
+            if xs:
+                ax.plot(xs, ys, marker="o", label=server, color=COLORS[server])
+        best = results.get("ceiling", {}).get("mixes", {}).get("mixed", {}).get("best_texts_per_s")
+        if best:
+            ax.axhline(best, linestyle="--", color="gray", label="ceiling (in-process)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 8, 32, 128], labels=["1", "8", "32", "128"])
+        ax.set_xlabel("concurrent clients (closed loop)")
+        ax.set_ylabel("embeddings/s")
+        ax.set_title("Throughput, single-text requests, mixed lengths")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
 def _plot_cdf(results: dict[str, Any], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for server in SERVER_ORDER:
-        cell = find_cell(results, server, "closed", "mixed", 1, 32)
-        values = cell.get("latency_quantiles_ms") if cell else None
-        if values:
-            ys = [(i + 1) / len(values) for i in range(len(values))]
-            ax.plot(values, ys, label=server, color=COLORS[server])
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, log scale)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("Latency CDF, 32 concurrent single-text clients, mixed lengths")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path) as ax:
+        for server in SERVER_ORDER:
+            cell = find_cell(results, server, "closed", "mixed", 1, 32)
+            values = cell.get("latency_quantiles_ms") if cell else None
+            if values:
+                ys = [(i + 1) / len(values) for i in range(len(values))]
+                ax.plot(values, ys, label=server, color=COLORS[server])
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title("Latency CDF, 32 concurrent single-text clients, mixed lengths")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
 
 
 def _plot_rss(results: dict[str, Any], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    overload = results.get("overload")
-    if overload:
-        xs = [t for t, _ in overload["rss_series"]]
-        ys = [mib for _, mib in overload["rss_series"]]
-        ax.plot(xs, ys, marker=".", color=COLORS["embedserve"], label="embedserve RSS")
-        ax.axvspan(0, overload["duration_s"], color="red", alpha=0.08, label=f"{overload['rate']:.0f} req/s offered")
-        ax.set_ylim(0, max(ys) * 1.2)
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "overload phase not run", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("seconds since the overload started")
-    ax.set_ylabel("RSS incl. children (MiB)")
-    ax.set_title("embedserve memory under 10x overload")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path) as ax:
+        overload = results.get("overload")
+        if overload:
+            xs = [t for t, _ in overload["rss_series"]]
+            ys = [mib for _, mib in overload["rss_series"]]
+            ax.plot(xs, ys, marker=".", color=COLORS["embedserve"], label="embedserve RSS")
+            offered = f"{overload['rate']:.0f} req/s offered"
+            ax.axvspan(0, overload["duration_s"], color="red", alpha=0.08, label=offered)
+            ax.set_ylim(0, max(ys) * 1.2)
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "overload phase not run", ha="center", transform=ax.transAxes)
+        ax.set_xlabel("seconds since the overload started")
+        ax.set_ylabel("RSS incl. children (MiB)")
+        ax.set_title("embedserve memory under 10x overload")
+        ax.grid(alpha=0.3)
 
 
 def write(results: dict[str, Any], out: Path) -> None:

@@ -51,6 +51,11 @@ class ModelInfo:
     activation: str = "auto"
     """Scores of a classifier or reranker: sigmoid, softmax, none, or auto (sigmoid for one label, else softmax)."""
 
+    @property
+    def dimensions(self) -> int | None:
+        """Length of the vectors it returns (dense or sparse); None for scoring models, whose output is labels."""
+        return self.dim if self.kind in ("embedding", "sparse") else None
+
 
 class InferenceModel(Protocol):
     """What the backend thread needs from a model. Implemented by :mod:`embedserve.modeling`."""

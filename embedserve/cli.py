@@ -26,6 +26,7 @@ from embedserve.settings import (
     SettingsError,
     env_names,
     flag_name,
+    unwrap_optional,
 )
 
 GROUPS: tuple[tuple[str, type[Any]], ...] = (
@@ -55,9 +56,7 @@ def _parse_list(text: str) -> tuple[str, ...]:
 
 def _field_kind(hint: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None, str]:
     """(converter, choices, kind) for a field's type hint, kind being scalar, bool or list; ``X | None`` is X."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = args[0]
+    hint, _ = unwrap_optional(hint)
     if hint is bool:
         return _parse_bool, None, "bool"
     if typing.get_origin(hint) is tuple:

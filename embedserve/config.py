@@ -8,7 +8,6 @@ with errors that name the entry and the key.
 
 from __future__ import annotations
 
-import types
 import typing
 from dataclasses import fields, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from embedserve.settings import ModelSettings, SettingsError
+from embedserve.settings import ModelSettings, SettingsError, unwrap_optional
 
 ALIASES = {"name": "served_model_name"}
 
@@ -53,12 +52,10 @@ def load_models(path: str, defaults: ModelSettings) -> tuple[ModelSettings, ...]
 
 def _checked(value: Any, hint: Any, where: str) -> Any:
     """``value`` if it fits ``hint`` (str, int, float, bool, Literal, dict[str, str], optional), else an error."""
+    hint, nullable = unwrap_optional(hint)
+    if value is None and nullable:
+        return None
     args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
         if value in args:

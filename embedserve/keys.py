@@ -24,7 +24,7 @@ ANONYMOUS = "-"
 
 def key_id(key: str) -> str:
     """A short stable id for a key: the first 12 hex digits of its SHA-256. Safe to log."""
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return _digest(key).hex()[:12]
 
 
 def _digest(key: str) -> bytes:

@@ -40,32 +40,30 @@ class Metrics:
             "embedserve_request_duration_seconds", "Time from the request's arrival to its response, by route.",
             ["route", "model"], buckets=SECONDS, registry=r,
         )  # fmt: skip
-        self.parse_seconds = Histogram(
+
+        def seconds(name: str, documentation: str) -> Histogram:
+            return Histogram(name, documentation, ["model"], buckets=SECONDS, registry=r)
+
+        self.parse_seconds = seconds(
             "embedserve_parse_duration_seconds",
             "Time from a request's arrival to its admission: key, rate limit, reading and validating the body.",
-            ["model"], buckets=SECONDS, registry=r,
-        )  # fmt: skip
-        self.tokenization_seconds = Histogram(
-            "embedserve_tokenization_duration_seconds", "Time a request spent tokenizing.",
-            ["model"], buckets=SECONDS, registry=r,
-        )  # fmt: skip
-        self.queue_seconds = Histogram(
-            "embedserve_queue_duration_seconds", "Time a request's inputs waited for their first batch.",
-            ["model"], buckets=SECONDS, registry=r,
-        )  # fmt: skip
-        self.inference_seconds = Histogram(
-            "embedserve_inference_duration_seconds", "Forward-pass time of the batches a request's inputs ran in.",
-            ["model"], buckets=SECONDS, registry=r,
-        )  # fmt: skip
-        self.serialization_seconds = Histogram(
+        )
+        self.tokenization_seconds = seconds(
+            "embedserve_tokenization_duration_seconds", "Time a request spent tokenizing."
+        )
+        self.queue_seconds = seconds(
+            "embedserve_queue_duration_seconds", "Time a request's inputs waited for their first batch."
+        )
+        self.inference_seconds = seconds(
+            "embedserve_inference_duration_seconds", "Forward-pass time of the batches a request's inputs ran in."
+        )
+        self.serialization_seconds = seconds(
             "embedserve_serialization_duration_seconds",
             "Time from a request's results being back on the event loop to its response built (JSON, base64).",
-            ["model"], buckets=SECONDS, registry=r,
-        )  # fmt: skip
-        self.batch_seconds = Histogram(
-            "embedserve_batch_duration_seconds", "Time of one forward pass (pad, compute, copy back).",
-            ["model"], buckets=SECONDS, registry=r,
-        )  # fmt: skip
+        )
+        self.batch_seconds = seconds(
+            "embedserve_batch_duration_seconds", "Time of one forward pass (pad, compute, copy back)."
+        )
         self.batch_inputs = Histogram(
             "embedserve_batch_size_inputs", "Inputs per forward pass.",
             ["model"], buckets=BATCH_INPUTS, registry=r,

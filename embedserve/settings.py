@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -42,6 +44,14 @@ def env_names(name: str, metadata: Any) -> list[str]:
     if metadata.get("tei_env", True):
         names.append(name.upper())
     return names
+
+
+def unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """A field's type without ``| None``, and whether None is allowed (for the CLI and the config file)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
 
 
 def flag_name(name: str) -> str:

@@ -71,7 +71,7 @@ def _model(runtime: ModelRuntime) -> dict[str, Any]:
         "created": _STARTED,
         "owned_by": "embedserve",
         "kind": info.kind if info else runtime.spec.kind,
-        "dimensions": info.dim if info and info.kind in ("embedding", "sparse") else None,
+        "dimensions": info.dimensions if info else None,
         "max_input_length": runtime.max_input_length or None,
         "state": runtime.state.value,
     }

@@ -79,7 +79,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         "model_device": model.device if model else spec.device,
         "kind": model.kind if model else spec.kind,
         "model_type": _model_type(runtime),
-        "dimensions": model.dim if model and model.kind in ("embedding", "sparse") else None,
+        "dimensions": model.dimensions if model else None,
         "max_input_length": runtime.max_input_length or None,
         "prompts": model.prompts if model else {},
         "max_concurrent_requests": spec.max_concurrent_requests,
