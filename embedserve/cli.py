@@ -207,10 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[BaseException] = []
     server: uvicorn.Server | None = None
 
-    def on_load_error(exc: BaseException) -> None:
-        failures.append(exc)
+    def stop() -> None:
         if server is not None:
             server.should_exit = True
+
+    def on_load_error(exc: BaseException) -> None:
+        failures.append(exc)
+        stop()
 
     class Server(uvicorn.Server):
         draining = False
@@ -227,10 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             # uvicorn re-raises the captured signal after a clean shutdown, which would make a graceful stop exit
             # 143/130; a stop that drained properly exits 0.
             getattr(self, "_captured_signals", []).clear()
-
-    def stop() -> None:
-        assert server is not None
-        server.should_exit = True
 
     app = create_app(settings, on_load_error=on_load_error)
     config = uvicorn.Config(
