@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn  # imported here so that --help and errors in flags stay fast
 
     from embedserve import logs
-    from embedserve.app import create_app, drain
+    from embedserve.http.app import create_app, drain
 
     logs.configure(json_output=settings.server.json_output, level=settings.server.log_level)
     failures: list[BaseException] = []

@@ -6,7 +6,10 @@ Every failure a client can see is an :class:`EmbedServeError` subclass. The clas
 * native (TEI) routes: ``{"error": "<message>", "error_type": "<Type>"}``
 * ``/v1/*`` (OpenAI): ``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``
 
-This module imports neither starlette nor torch, so the core can raise these errors freely.
+:class:`ModelLoadError` stands apart: it is raised at start-up, before any request, and is reported by the CLI and
+``/info`` rather than rendered as a response, so it carries no status.
+
+This module imports neither starlette nor torch, so the core and the engines can raise these errors freely.
 """
 
 from __future__ import annotations
@@ -164,6 +167,13 @@ class BackendError(EmbedServeError):
     error_type = "Backend"
     openai_type = "server_error"
     code = "internal_error"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served as configured; the message says why and what to change.
+
+    Not an :class:`EmbedServeError`: no client ever sees it as a response. Start-up fails with it (or, with
+    --allow-partial-start, the model is reported as failed and its routes answer 503)."""
 
 
 _STATUS_CLASSES: dict[int, type[EmbedServeError]] = {

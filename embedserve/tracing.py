@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from embedserve.batching import Batch
-from embedserve.runtime import Timings
+from embedserve.core.batching import Batch
+from embedserve.core.runtime import Timings
 from embedserve.settings import EdgeSettings
 
 _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()

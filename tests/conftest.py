@@ -18,9 +18,9 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from embedserve.app import create_app
-from embedserve.registry import Registry, default_loader
-from embedserve.runtime import Loader, ModelRuntime
+from embedserve.core.registry import Registry, default_loader
+from embedserve.core.runtime import Loader, ModelRuntime
+from embedserve.http.app import create_app
 from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast instead of hanging

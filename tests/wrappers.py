@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from embedserve.backend import InferenceModel, ModelInfo
-from embedserve.registry import default_loader
+from embedserve.core.registry import default_loader
+from embedserve.engines.base import InferenceModel, ModelInfo
 from embedserve.settings import ModelSettings
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from embedserve.keys import key_id
+from embedserve.http.keys import key_id
 from embedserve.logs import JsonFormatter
 from embedserve.settings import EdgeSettings
 from tests.conftest import model_settings, run_server

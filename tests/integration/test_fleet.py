@@ -25,7 +25,7 @@ def test_flooding_one_model_leaves_another_serving_at_normal_latency(minilm_path
     def loader(spec):  # model "a" gets a gate the test holds closed; "b" is the plain real model
         if spec.served_name == "a":
             return gated_loader(spec)
-        from embedserve.registry import default_loader
+        from embedserve.core.registry import default_loader
 
         return default_loader(spec)
 

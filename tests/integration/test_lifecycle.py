@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from embedserve.app import create_app
-from embedserve.registry import default_loader
+from embedserve.core.registry import default_loader
+from embedserve.http.app import create_app
 from embedserve.settings import Settings
 from tests.conftest import model_settings, serve_app
 
@@ -74,7 +74,7 @@ def test_a_hub_id_loads_through_the_hugging_face_cache_offline_by_branch_and_by_
     commit = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
     fake_hub_cache(tmp_path / "hub", "acme/minilm", minilm_path, commit)
     code = (
-        "import sys; from embedserve.modelfiles import resolve_model_dir;"
+        "import sys; from embedserve.engines.modelfiles import resolve_model_dir;"
         "from embedserve.settings import ModelSettings;"
         "print(resolve_model_dir(ModelSettings(model_id='acme/minilm', revision=sys.argv[1] or None)))"
     )

@@ -109,7 +109,7 @@ def test_request_and_batch_spans_reach_the_collector_continuing_the_client_trace
 
 def test_without_an_endpoint_the_tracing_sdk_is_never_loaded():
     code = (
-        "import sys; from embedserve.app import create_app; from embedserve.settings import Settings;"
+        "import sys; from embedserve.http.app import create_app; from embedserve.settings import Settings;"
         "app = create_app(Settings()); assert not app.state.ctx.tracing.enabled;"
         "print(any(name.startswith('opentelemetry') for name in sys.modules))"
     )

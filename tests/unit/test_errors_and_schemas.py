@@ -16,7 +16,7 @@ from embedserve.errors import (
     render_openai,
     render_tei,
 )
-from embedserve.schemas import decode_json_object, parse_openai_embeddings, parse_tei_embed
+from embedserve.http.schemas import decode_json_object, parse_openai_embeddings, parse_tei_embed
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import tracemalloc
 import pytest
 
 from embedserve.errors import RateLimitedError, UnauthorizedError
-from embedserve.governor import Governor
-from embedserve.keys import ANONYMOUS, ApiKeys, key_id
+from embedserve.http.governor import Governor
+from embedserve.http.keys import ANONYMOUS, ApiKeys, key_id
 from embedserve.settings import EdgeSettings, SettingsError
 
 pytestmark = pytest.mark.unit

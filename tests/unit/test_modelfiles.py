@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from embedserve.modelfiles import ModelLoadError, read_sentence_transformers_config, resolve_model_dir
+from embedserve.engines.modelfiles import read_sentence_transformers_config, resolve_model_dir
+from embedserve.errors import ModelLoadError
 from embedserve.settings import ModelSettings
 
 pytestmark = pytest.mark.unit

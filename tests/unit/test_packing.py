@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from embedserve.batching import pack
+from embedserve.core.batching import pack
 
 pytestmark = pytest.mark.unit
 

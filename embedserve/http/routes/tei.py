@@ -9,13 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from embedserve import __version__, tasks
-from embedserve.edge import context, endpoint
+from embedserve import __version__
+from embedserve.core import tasks
+from embedserve.core.capabilities import Capability
+from embedserve.core.runtime import ModelRuntime
 from embedserve.errors import UnhealthyError
-from embedserve.routes.common import compute, read_body, resolve
-from embedserve.runtime import ModelRuntime
-from embedserve.schemas import parse_sparse, parse_tei_embed
-from embedserve.web import json_response, request_id
+from embedserve.http.edge import context, endpoint
+from embedserve.http.routes.common import compute, embed_work, read_body, resolve
+from embedserve.http.schemas import parse_sparse, parse_tei_embed
+from embedserve.http.web import json_response, request_id
 
 
 @endpoint("/embed")
@@ -23,7 +25,7 @@ async def embed(request: Request) -> Response:
     """Dense embeddings: ``[[float, ...], ...]`` in input order."""
     parsed = parse_tei_embed(await read_body(request))
     runtime = resolve(request, parsed.model)
-    work = tasks.embed(runtime, parsed, "/embed", request_id(request))
+    work = embed_work(request, runtime, parsed)
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
     return json_response(result.vectors, headers=headers)
 
@@ -33,9 +35,12 @@ async def embed_sparse(request: Request) -> Response:
     """SPLADE vectors: ``[[{"index": int, "value": float, "token"?: str}, ...], ...]``, zeros dropped."""
     parsed = parse_sparse(await read_body(request))
     runtime = resolve(request, parsed.model)
-    work = tasks.embed_sparse(runtime, parsed, request_id(request))
+    work = tasks.embed_sparse(
+        runtime, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
+        prompt_name=parsed.prompt_name, top_k=parsed.top_k, request_id=request_id(request),
+    )  # fmt: skip
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
-    tokenizers, _ = runtime.require("/embed_sparse")
+    tokenizers, _ = runtime.require(Capability.SPARSE)
     body = []
     for indices, values in result.rows:
         terms: list[dict[str, Any]] = [

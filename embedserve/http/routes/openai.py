@@ -11,12 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from embedserve import tasks
-from embedserve.edge import context, endpoint
-from embedserve.routes.common import compute, read_body, resolve
-from embedserve.runtime import ModelRuntime
-from embedserve.schemas import parse_openai_embeddings
-from embedserve.web import json_response, request_id
+from embedserve.core.runtime import ModelRuntime
+from embedserve.http.edge import context, endpoint
+from embedserve.http.routes.common import compute, embed_work, read_body, resolve
+from embedserve.http.schemas import parse_openai_embeddings
+from embedserve.http.web import json_response
 
 _STARTED = int(time.time())
 
@@ -26,7 +25,7 @@ async def embeddings(request: Request) -> Response:
     """``{"object": "list", "data": [...], "model": ..., "usage": ...}`` with float lists or base64 float32."""
     parsed = parse_openai_embeddings(await read_body(request))
     runtime = resolve(request, parsed.model)
-    work = tasks.embed(runtime, parsed, "/v1/embeddings", request_id(request))
+    work = embed_work(request, runtime, parsed)
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
     vectors = result.vectors
     data: list[dict[str, Any]] = [

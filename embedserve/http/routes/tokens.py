@@ -6,11 +6,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from embedserve import tasks
-from embedserve.edge import endpoint, facts
-from embedserve.routes.common import read_body, resolve
-from embedserve.schemas import parse_decode, parse_tokenize
-from embedserve.web import json_response, until_disconnect
+from embedserve.core import tasks
+from embedserve.http.edge import endpoint, facts
+from embedserve.http.routes.common import read_body, resolve
+from embedserve.http.schemas import parse_decode, parse_tokenize
+from embedserve.http.web import json_response, until_disconnect
 
 
 @endpoint("/tokenize")

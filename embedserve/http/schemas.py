@@ -13,9 +13,9 @@ from typing import Any, Literal, TypeGuard
 
 import orjson
 
+from embedserve.core.tokenization import Direction
 from embedserve.errors import EmptyInputError, InvalidJSONError, ValidationError
 
-Direction = Literal["right", "left"]
 EncodingFormat = Literal["float", "base64"]
 
 

@@ -1,8 +1,9 @@
-"""One served model: its tokenizer pool, admission, queue and backend thread, and the embedding pipeline.
+"""One served model: its tokenizer pool, admission, queue and backend thread, and the pipeline they form.
 
-The pipeline is the same for every route: check the request against the model's limits, take admission slots (or
-fail with 429 at once, before any tokenizing), tokenize on the pool, queue, await the batch results, then slice
-(``dimensions``) and normalize. Core layer: no starlette, no torch.
+The pipeline is the same for every capability: check that the model can do it and the request's limits, take
+admission slots (or fail with 429 at once, before any tokenizing), tokenize on the pool, queue, await the batch
+results. :mod:`embedserve.core.tasks` adds what each capability computes on top (``dimensions``, normalization,
+``top_k``, activations). Core layer: no starlette, no torch, no URLs.
 """
 
 from __future__ import annotations
@@ -14,21 +15,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from embedserve.backend import BackendThread, InferenceModel, ModelInfo
-from embedserve.batching import Admission, Batch, BatchQueue, Job
+from embedserve.core.backend import BackendThread
+from embedserve.core.batching import Admission, Batch, BatchQueue, Job
+from embedserve.core.capabilities import KIND_CAPABILITIES, Capability
+from embedserve.core.tokenization import Encoded, TokenizerPool
+from embedserve.engines.base import InferenceModel, ModelInfo
 from embedserve.errors import (
     BackendError,
     CapabilityError,
     EmbedServeError,
+    ModelLoadError,
     OverloadedError,
     UnhealthyError,
     ValidationError,
 )
-from embedserve.modelfiles import ModelLoadError
 from embedserve.settings import ModelSettings
-from embedserve.tokenization import TokenizerPool
 
 log = logging.getLogger("embedserve.runtime")
 
@@ -73,27 +76,23 @@ class Timings:
         return self.finished - self.started
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """The model's output for each input, in input order, with the real token count, timings and the batches'
-    trace span contexts."""
+Row = TypeVar("Row")
 
-    rows: list[Any]
+
+@dataclass(frozen=True, slots=True)
+class RunResult(Generic[Row]):
+    """The model's output for each input, in input order, with the real token count, timings and the batches'
+    trace span contexts. ``Row`` is what the model's kind yields per input (see
+    :class:`~embedserve.engines.base.InferenceModel`); the task that asked for the capability knows which."""
+
+    rows: list[Row]
     tokens: int
     timings: Timings
     batch_links: tuple[Any, ...] = ()
 
 
-Encoder = Callable[[TokenizerPool], Awaitable[list[list[int]] | list[tuple[list[int], list[int]]]]]
-"""Tokenizes a request on the pool: token ids per input, or (ids, token type ids) per text pair."""
-
-CAPABILITIES = {
-    "embedding": ("/embed", "/v1/embeddings"),
-    "sparse": ("/embed_sparse",),
-    "rerank": ("/rerank", "/v1/rerank", "/predict"),
-    "classify": ("/predict",),
-}
-"""The inference routes each kind of model serves; every model also serves /tokenize and /decode."""
+Encoder = Callable[[TokenizerPool], Awaitable[Encoded]]
+"""Tokenizes a request on the pool: token ids per input, with token type ids for text pairs."""
 
 
 class ModelRuntime:
@@ -201,12 +200,16 @@ class ModelRuntime:
         """Most inputs seen in one forward pass."""
         return self._backend.largest_batch if self._backend is not None else 0
 
-    def require(self, route: str) -> tuple[TokenizerPool, ModelInfo]:
-        """The tokenizer pool and model info, once the model is ready and its kind serves ``route``; else 503/422."""
+    def require(self, capability: Capability) -> tuple[TokenizerPool, ModelInfo]:
+        """The tokenizer pool and model info, once the model is ready and its kind can do ``capability``; else
+        503 (not ready) or 422 (a model of another kind)."""
         tokenizers, _, info = self._ready()
-        if route not in CAPABILITIES[info.kind] and route not in ("/tokenize", "/decode"):
-            serves = ", ".join((*CAPABILITIES[info.kind], "/tokenize", "/decode"))
-            raise CapabilityError(f"model {self.name!r} is a {info.kind} model: it serves {serves}, not {route}")
+        can = KIND_CAPABILITIES[info.kind]
+        if capability not in can:
+            article = "an" if info.kind[0] in "aeiou" else "a"
+            raise CapabilityError(
+                f"model {self.name!r} is {article} {info.kind} model: it can {', '.join(can)}; not {capability}"
+            )
         return tokenizers, info
 
     def check_batch_size(self, n: int, param: str) -> None:
@@ -234,8 +237,11 @@ class ModelRuntime:
         texts = inputs if prompt is None else [prompt + text for text in inputs]
         return [text.lower() for text in texts] if info.lowercase else texts
 
-    async def run(self, n: int, encode: Encoder, request_id: str = "") -> RunResult:
-        """The pipeline: admission (429 at once when full), tokenization on the pool, the queue, the batches."""
+    async def run(self, n: int, encode: Encoder, request_id: str = "") -> RunResult[Any]:
+        """The pipeline: admission (429 at once when full), tokenization on the pool, the queue, the batches.
+
+        The rows are whatever the model yields per input; callers annotate the ``RunResult`` with the row type their
+        capability produces."""
         _, queue, _ = self._ready()
         assert self._tokenizers is not None
         if not self.admission.try_acquire(n):
@@ -247,12 +253,7 @@ class ModelRuntime:
         try:
             encoded = await encode(self._tokenizers)
             job = Job(asyncio.get_running_loop(), n, request_id)
-            if encoded and isinstance(encoded[0], tuple):
-                ids = [pair[0] for pair in encoded]
-                queue.put(job, ids, [pair[1] for pair in encoded])
-            else:
-                ids = encoded  # type: ignore[assignment]
-                queue.put(job, ids)
+            queue.put(job, encoded.ids, encoded.type_ids)
             try:
                 await job.future
             except asyncio.CancelledError:
@@ -273,7 +274,7 @@ class ModelRuntime:
             finished=t_end,
             inference=job.inference_seconds,
         )
-        return RunResult(job.rows, sum(map(len, ids)), timings, tuple(job.batch_links))
+        return RunResult(job.rows, encoded.tokens, timings, tuple(job.batch_links))
 
     def _ready(self) -> tuple[TokenizerPool, BatchQueue, ModelInfo]:
         if self.state is not State.READY or self._backend is None or not self._backend.alive:

@@ -6,21 +6,20 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from embedserve.backend import InferenceModel, ModelInfo
-from embedserve.batching import Batch
-from embedserve.errors import ModelNotFoundError
-from embedserve.modelfiles import ModelLoadError
-from embedserve.runtime import Loader, ModelRuntime, State
+from embedserve import engines
+from embedserve.core.batching import Batch
+from embedserve.core.runtime import Loader, ModelRuntime, State
+from embedserve.engines.base import InferenceModel, ModelInfo
+from embedserve.errors import ModelLoadError, ModelNotFoundError
 from embedserve.settings import ModelSettings, Settings
 
 log = logging.getLogger("embedserve.registry")
 
 
 def default_loader(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
-    """Load with transformers; imported lazily so that importing the server does not import torch."""
-    from embedserve import modeling  # torch lives behind this import
-
-    return modeling.load(spec)
+    """Load with the engines (:func:`embedserve.engines.load`), which import their runtime (torch) only when called,
+    so that importing the server does not."""
+    return engines.load(spec)
 
 
 class Registry:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedserve.errors import ModelLoadError
 from embedserve.settings import DEFAULT_MODEL_ID, ModelSettings
 
 log = logging.getLogger("embedserve.model")
@@ -32,10 +33,6 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
     "pooling_mode_weightedmean_tokens": "weightedmean",
 }
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be served as configured; the message says why and what to change."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The backend thread: the one thread that owns a model and runs its forward passes.
 
-The thread pulls packed batches from a :class:`~embedserve.batching.BatchQueue` and drives the model through three
+The thread pulls packed batches from a :class:`~embedserve.core.batching.BatchQueue` and drives the model through three
 steps, so that on a GPU the next batch is taken and copied to the device while the current one computes:
 
 ``prepare`` (pad, host -> device copy) -> ``launch`` (forward pass, pooling; may return before the device is done)
@@ -8,7 +8,7 @@ steps, so that on a GPU the next batch is taken and copied to the device while t
 
 On CPU ``launch`` computes synchronously, so the next batch is taken only after the forward pass and holds
 everything that arrived meanwhile. An exception fails only the batch it happened in; the thread carries on. This
-module does not import torch: the model object does.
+module does not import torch: the model object (from an engine, see :mod:`embedserve.engines.base`) does.
 """
 
 from __future__ import annotations
@@ -17,61 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from embedserve.batching import Batch, BatchQueue
+from embedserve.core.batching import Batch, BatchQueue
+from embedserve.engines.base import InferenceModel
 
 log = logging.getLogger("embedserve.backend")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the rest of the server needs to know about a loaded model."""
-
-    model_id: str
-    revision: str | None
-    path: str
-    architecture: str
-    kind: str
-    pooling: str
-    dim: int
-    max_input_length: int
-    dtype: str
-    device: str
-    tokenizer_json: str = field(repr=False)
-    prompts: dict[str, str] = field(default_factory=dict)
-    default_prompt_name: str | None = None
-    lowercase: bool = False
-    labels: tuple[str, ...] = ()
-    """Output labels of a classifier or reranker, in logit order."""
-    activation: str = "auto"
-    """Scores of a classifier or reranker: sigmoid, softmax, none, or auto (sigmoid for one label, else softmax)."""
-
-    @property
-    def dimensions(self) -> int | None:
-        """Length of the vectors it returns (dense or sparse); None for scoring models, whose output is labels."""
-        return self.dim if self.kind in ("embedding", "sparse") else None
-
-
-class InferenceModel(Protocol):
-    """What the backend thread needs from a model. Implemented by :mod:`embedserve.modeling`."""
-
-    def prepare(self, token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Any:
-        """Pad a batch (and its token type ids, for text pairs) and move it to the device."""
-
-    def launch(self, prepared: Any) -> Any:
-        """Start the forward pass (and pooling) for a prepared batch."""
-
-    def finish(self, launched: Any) -> Iterable[Any]:
-        """Wait for a launched batch; one host-side result per input, in batch order."""
-
-    def warmup(self, max_batch_tokens: int) -> float:
-        """Run representative batches so slow first calls and out-of-memory show at start-up. Returns the fixed cost
-        of one forward pass expressed in padded tokens (what the packer weighs batch count against padding with)."""
 
 
 class BackendThread:

@@ -12,11 +12,28 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from tokenizers import Tokenizer
 
 from embedserve.errors import ValidationError
-from embedserve.schemas import Direction
+
+Direction = Literal["right", "left"]
+"""Which end of an over-long input truncation cuts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A request's inputs as the model takes them: token ids (with special tokens) per input, in input order, and
+    for text pairs the token type ids that tell the two texts apart."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]] | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Real (unpadded) tokens over every input."""
+        return sum(map(len, self.ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +82,7 @@ class TokenizerPool:
 
         list(self._executor.map(build, range(self._workers)))
 
-    async def encode(
-        self, texts: list[str], *, truncate: bool, direction: Direction, param: str = "inputs"
-    ) -> list[list[int]]:
+    async def encode(self, texts: list[str], *, truncate: bool, direction: Direction, param: str = "inputs") -> Encoded:
         """Token ids (with special tokens) for each text, in order.
 
         Raises :class:`ValidationError` naming the input and the limit when an input is too long and ``truncate`` is
@@ -76,7 +91,7 @@ class TokenizerPool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.encode_sync, texts, truncate, direction, param)
 
-    def encode_sync(self, texts: list[str], truncate: bool, direction: Direction, param: str) -> list[list[int]]:
+    def encode_sync(self, texts: list[str], truncate: bool, direction: Direction, param: str) -> Encoded:
         """The blocking body of :meth:`encode`; runs on a worker thread."""
         tokenizer = self._tokenizer()
         if len(texts) == 1:
@@ -98,22 +113,23 @@ class TokenizerPool:
             if not ids:
                 raise ValidationError(f"`{param}[{i}]` has no tokens after tokenization", param=param)
             result.append(ids)
-        return result
+        return Encoded(result)
 
     async def encode_pairs(
         self, pairs: list[tuple[str, str | None]], *, truncate: bool, direction: Direction, param: str
-    ) -> list[tuple[list[int], list[int]]]:
-        """(ids, token type ids) for each (first, second) text pair, or single text when second is None."""
+    ) -> Encoded:
+        """Token ids and token type ids for each (first, second) text pair, or single text when second is None."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.encode_pairs_sync, pairs, truncate, direction, param)
 
     def encode_pairs_sync(
         self, pairs: list[tuple[str, str | None]], truncate: bool, direction: Direction, param: str
-    ) -> list[tuple[list[int], list[int]]]:
+    ) -> Encoded:
         """The blocking body of :meth:`encode_pairs`. Over-long pairs lose tokens from the second text (the
         document), and from the first only if it alone leaves no room."""
         tokenizer = self._tokenizer()
-        result = []
+        ids: list[list[int]] = []
+        type_ids: list[list[int]] = []
         for i, (first, second) in enumerate(pairs):
             query = tokenizer.encode(first, add_special_tokens=False)
             document = None if second is None else tokenizer.encode(second, add_special_tokens=False)
@@ -131,8 +147,9 @@ class TokenizerPool:
                 if document is not None:
                     document.truncate(room - len(query), direction=direction)
             encoding = tokenizer.post_process(query, document)
-            result.append((encoding.ids, encoding.type_ids))
-        return result
+            ids.append(encoding.ids)
+            type_ids.append(encoding.type_ids)
+        return Encoded(ids, type_ids)
 
     async def tokens(self, texts: list[str], *, add_special_tokens: bool) -> list[list[Token]]:
         """Every token of each text, with its character span in the text (None for special tokens)."""

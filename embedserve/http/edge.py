@@ -17,15 +17,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from embedserve.core.registry import Registry
+from embedserve.core.runtime import Timings
 from embedserve.errors import BackendError, EmbedServeError, from_http_status
-from embedserve.governor import Governor
-from embedserve.keys import ANONYMOUS, ApiKeys
+from embedserve.http.governor import Governor
+from embedserve.http.keys import ANONYMOUS, ApiKeys
+from embedserve.http.web import REQUEST_ID_HEADER, ClientDisconnectedError, error_response, request_id
 from embedserve.metrics import Metrics
-from embedserve.registry import Registry
-from embedserve.runtime import Timings
 from embedserve.settings import Settings
 from embedserve.tracing import Tracing
-from embedserve.web import REQUEST_ID_HEADER, ClientDisconnectedError, error_response, request_id
 
 log = logging.getLogger("embedserve.http")
 access_log = logging.getLogger("embedserve.access")

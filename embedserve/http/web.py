@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from embedserve.core.runtime import Timings
 from embedserve.errors import (
     EmbedServeError,
     PayloadTooLargeError,
@@ -20,7 +21,6 @@ from embedserve.errors import (
     render_openai,
     render_tei,
 )
-from embedserve.runtime import Timings
 
 T = TypeVar("T")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedserve.modeling.runner import Runner
+from embedserve.engines.torch.runner import Runner
 
 LOGITS_BUDGET = 64 * 2**20
 """Most logits (inputs x tokens x vocabulary) materialized at once: 256 MiB of float32. A batch of 64 inputs of

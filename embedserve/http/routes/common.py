@@ -7,10 +7,11 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
-from embedserve.edge import context, facts
-from embedserve.runtime import ModelRuntime, Timings
-from embedserve.schemas import decode_json_object
-from embedserve.web import read_json_body, request_id, timing_headers, until_disconnect
+from embedserve.core import tasks
+from embedserve.core.runtime import ModelRuntime, Timings
+from embedserve.http.edge import context, facts
+from embedserve.http.schemas import EmbedRequest, decode_json_object
+from embedserve.http.web import read_json_body, request_id, timing_headers, until_disconnect
 
 
 class Computed(Protocol):
@@ -46,3 +47,12 @@ async def compute(request: Request, work: Awaitable[R], inputs: int, characters:
     result = await until_disconnect(request.receive, work)
     noted.tokens, noted.timings, noted.batch_links = result.prompt_tokens, result.timings, result.batch_links
     return result, timing_headers(request_id(request), result.timings, result.prompt_tokens, characters)
+
+
+def embed_work(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) -> Awaitable[tasks.EmbedResult]:
+    """The dense-embedding work for a parsed ``/embed`` or ``/v1/embeddings`` body (both parse to one shape)."""
+    return tasks.embed(
+        runtime, parsed.inputs, dimensions=parsed.dimensions, normalize=parsed.normalize, truncate=parsed.truncate,
+        direction=parsed.truncation_direction, prompt_name=parsed.prompt_name, param=parsed.input_param,
+        request_id=request_id(request),
+    )  # fmt: skip

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from embedserve.modeling.runner import Runner
+from embedserve.engines.torch.runner import Runner
 
 
 class DenseRunner(Runner):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from embedserve.modeling.runner import Runner
+from embedserve.engines.torch.runner import Runner
 
 
 class CrossRunner(Runner):

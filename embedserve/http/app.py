@@ -20,15 +20,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from embedserve.batching import Batch
-from embedserve.edge import AppContext, handle_http_exception
-from embedserve.governor import Governor
-from embedserve.keys import ApiKeys
+from embedserve.core.batching import Batch
+from embedserve.core.registry import Registry, default_loader
+from embedserve.core.runtime import Loader
+from embedserve.errors import ModelLoadError
+from embedserve.http.edge import AppContext, handle_http_exception
+from embedserve.http.governor import Governor
+from embedserve.http.keys import ApiKeys
+from embedserve.http.routes import openai, scoring, tei, tokens
 from embedserve.metrics import Metrics
-from embedserve.modelfiles import ModelLoadError
-from embedserve.registry import Registry, default_loader
-from embedserve.routes import openai, scoring, tei, tokens
-from embedserve.runtime import Loader
 from embedserve.settings import Settings, SettingsError
 from embedserve.tracing import Tracing
 

@@ -8,20 +8,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from embedserve import tasks
-from embedserve.edge import endpoint
-from embedserve.routes.common import compute, read_body, resolve
-from embedserve.schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
-from embedserve.tasks import ScoreResult
-from embedserve.web import json_response, request_id
+from embedserve.core import tasks
+from embedserve.core.capabilities import Capability
+from embedserve.core.tasks import ScoreResult
+from embedserve.http.edge import endpoint
+from embedserve.http.routes.common import compute, read_body, resolve
+from embedserve.http.schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
+from embedserve.http.web import json_response, request_id
 
 
-async def _rerank(request: Request, route: str, parsed: RerankRequest) -> tuple[ScoreResult, dict[str, str], str]:
+async def _rerank(request: Request, parsed: RerankRequest, param: str) -> tuple[ScoreResult, dict[str, str], str]:
+    """Score the query against each document; ``param`` is the documents' field on this route, for errors."""
     runtime = resolve(request, parsed.model)
     pairs: list[tuple[str, str | None]] = [(parsed.query, document) for document in parsed.documents]
     work = tasks.score(
-        runtime, route, pairs, truncate=parsed.truncate, direction=parsed.truncation_direction,
-        raw=parsed.raw_scores, param="texts" if route == "/rerank" else "documents", request_id=request_id(request),
+        runtime, Capability.RERANK, pairs, truncate=parsed.truncate, direction=parsed.truncation_direction,
+        raw=parsed.raw_scores, param=param, request_id=request_id(request),
     )  # fmt: skip
     characters = len(parsed.query) * len(pairs) + sum(map(len, parsed.documents))
     result, headers = await compute(request, work, len(pairs), characters)
@@ -38,7 +40,7 @@ def _ranked(result: ScoreResult) -> list[tuple[int, float]]:
 async def rerank(request: Request) -> Response:
     """``[{"index", "score", "text"?}, ...]`` sorted by score, best first."""
     parsed = parse_tei_rerank(await read_body(request))
-    result, headers, _ = await _rerank(request, "/rerank", parsed)
+    result, headers, _ = await _rerank(request, parsed, "texts")
     body: list[dict[str, Any]] = []
     for index, score in _ranked(result):
         item: dict[str, Any] = {"index": index, "score": score}
@@ -52,7 +54,7 @@ async def rerank(request: Request) -> Response:
 async def rerank_v1(request: Request) -> Response:
     """``{"id", "results": [{"index", "relevance_score", "document"?: {"text"}}], "model", "usage"}``."""
     parsed = parse_cohere_rerank(await read_body(request))
-    result, headers, name = await _rerank(request, "/v1/rerank", parsed)
+    result, headers, name = await _rerank(request, parsed, "documents")
     ranked = _ranked(result)[: parsed.top_n]
     results: list[dict[str, Any]] = []
     for index, score in ranked:
@@ -71,7 +73,7 @@ async def predict(request: Request) -> Response:
     parsed = parse_predict(await read_body(request))
     runtime = resolve(request, parsed.model)
     work = tasks.score(
-        runtime, "/predict", parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
+        runtime, Capability.CLASSIFY, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
         raw=parsed.raw_scores, param="inputs", request_id=request_id(request),
     )  # fmt: skip
     characters = sum(len(a) + len(b or "") for a, b in parsed.inputs)

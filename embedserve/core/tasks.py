@@ -1,8 +1,8 @@
-"""What each kind of request computes, on top of the shared pipeline (:meth:`ModelRuntime.run`).
+"""What each capability computes, on top of the shared pipeline (:meth:`ModelRuntime.run`).
 
 Dense embeddings (Matryoshka ``dimensions``, then L2 normalization), sparse SPLADE vectors (``top_k``), scores of
 text pairs or single texts (sigmoid or softmax unless raw), and the pool-only tokenize and decode. Core layer: no
-starlette, no torch.
+starlette, no torch; arguments are plain values, never the HTTP layer's request types.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from embedserve.core.capabilities import Capability
+from embedserve.core.runtime import ModelRuntime, RunResult, Timings
+from embedserve.core.tokenization import Direction, Encoded, Token, TokenizerPool
 from embedserve.errors import ValidationError
-from embedserve.runtime import ModelRuntime, Timings
-from embedserve.schemas import Direction, EmbedRequest, SparseRequest
-from embedserve.tokenization import Token
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,22 +49,33 @@ class ScoreResult:
     batch_links: tuple[Any, ...] = ()
 
 
-async def embed(runtime: ModelRuntime, request: EmbedRequest, route: str, request_id: str = "") -> EmbedResult:
-    """Dense embeddings for ``/embed`` and ``/v1/embeddings``."""
-    _, info = runtime.require(route)
-    runtime.check_batch_size(len(request.inputs), request.input_param)
-    if request.dimensions is not None and request.dimensions > info.dim:
+async def embed(
+    runtime: ModelRuntime,
+    inputs: list[str],
+    *,
+    dimensions: int | None,
+    normalize: bool,
+    truncate: bool | None,
+    direction: Direction,
+    prompt_name: str | None,
+    param: str = "inputs",
+    request_id: str = "",
+) -> EmbedResult:
+    """Dense embeddings (:attr:`Capability.EMBED`). ``param`` names the inputs in error messages."""
+    _, info = runtime.require(Capability.EMBED)
+    runtime.check_batch_size(len(inputs), param)
+    if dimensions is not None and dimensions > info.dim:
         raise ValidationError(
-            f"`dimensions` {request.dimensions} is larger than the model's {info.dim} dimensions", param="dimensions"
+            f"`dimensions` {dimensions} is larger than the model's {info.dim} dimensions", param="dimensions"
         )
-    texts = runtime.texts(request.inputs, request.prompt_name)
-    truncate = runtime.truncate(request.truncate)
+    texts = runtime.texts(inputs, prompt_name)
+    cut = runtime.truncate(truncate)
 
-    def encode(pool: Any) -> Any:
-        return pool.encode(texts, truncate=truncate, direction=request.truncation_direction, param=request.input_param)
+    async def encode(pool: TokenizerPool) -> Encoded:
+        return await pool.encode(texts, truncate=cut, direction=direction, param=param)
 
-    run = await runtime.run(len(texts), encode, request_id)
-    vectors = _postprocess(np.stack(run.rows), request.dimensions, request.normalize)
+    run: RunResult[np.ndarray] = await runtime.run(len(texts), encode, request_id)
+    vectors = _postprocess(np.stack(run.rows), dimensions, normalize)
     return EmbedResult(vectors, run.tokens, run.timings, run.batch_links)
 
 
@@ -78,18 +89,28 @@ def _postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-async def embed_sparse(runtime: ModelRuntime, request: SparseRequest, request_id: str = "") -> SparseResult:
-    """SPLADE vectors for ``/embed_sparse``; ``top_k`` keeps the heaviest terms."""
-    runtime.require("/embed_sparse")
-    runtime.check_batch_size(len(request.inputs), "inputs")
-    texts = runtime.texts(request.inputs, request.prompt_name)
-    truncate = runtime.truncate(request.truncate)
+async def embed_sparse(
+    runtime: ModelRuntime,
+    inputs: list[str],
+    *,
+    truncate: bool | None,
+    direction: Direction,
+    prompt_name: str | None,
+    top_k: int | None,
+    param: str = "inputs",
+    request_id: str = "",
+) -> SparseResult:
+    """SPLADE vectors (:attr:`Capability.SPARSE`); ``top_k`` keeps the heaviest terms."""
+    runtime.require(Capability.SPARSE)
+    runtime.check_batch_size(len(inputs), param)
+    texts = runtime.texts(inputs, prompt_name)
+    cut = runtime.truncate(truncate)
 
-    def encode(pool: Any) -> Any:
-        return pool.encode(texts, truncate=truncate, direction=request.truncation_direction, param="inputs")
+    async def encode(pool: TokenizerPool) -> Encoded:
+        return await pool.encode(texts, truncate=cut, direction=direction, param=param)
 
-    run = await runtime.run(len(texts), encode, request_id)
-    rows = [_top(indices, values, request.top_k) for indices, values in run.rows]
+    run: RunResult[tuple[np.ndarray, np.ndarray]] = await runtime.run(len(texts), encode, request_id)
+    rows = [_top(indices, values, top_k) for indices, values in run.rows]
     return SparseResult(rows, run.tokens, run.timings, run.batch_links)
 
 
@@ -102,7 +123,7 @@ def _top(indices: np.ndarray, values: np.ndarray, k: int | None) -> tuple[np.nda
 
 async def score(
     runtime: ModelRuntime,
-    route: str,
+    capability: Capability,
     pairs: list[tuple[str, str | None]],
     *,
     truncate: bool | None,
@@ -111,18 +132,19 @@ async def score(
     param: str,
     request_id: str = "",
 ) -> ScoreResult:
-    """Scores of (query, document) pairs or single texts for ``/rerank``, ``/v1/rerank`` and ``/predict``.
+    """Scores of (query, document) pairs (:attr:`Capability.RERANK`) or of single texts and pairs
+    (:attr:`Capability.CLASSIFY`).
 
     Not raw: the activation the model was saved with (sentence-transformers), else a sigmoid for one label (a
     relevance in 0..1) and a softmax over several."""
-    _, info = runtime.require(route)
+    _, info = runtime.require(capability)
     runtime.check_batch_size(len(pairs), param)
     cut = runtime.truncate(truncate)
 
-    def encode(pool: Any) -> Any:
-        return pool.encode_pairs(pairs, truncate=cut, direction=direction, param=param)
+    async def encode(pool: TokenizerPool) -> Encoded:
+        return await pool.encode_pairs(pairs, truncate=cut, direction=direction, param=param)
 
-    run = await runtime.run(len(pairs), encode, request_id)
+    run: RunResult[np.ndarray] = await runtime.run(len(pairs), encode, request_id)
     logits = np.stack(run.rows).astype(np.float32)
     activation = "none" if raw else info.activation
     if activation == "auto":
@@ -141,14 +163,14 @@ async def score(
 async def tokenize(
     runtime: ModelRuntime, inputs: list[str], *, add_special_tokens: bool, prompt_name: str | None
 ) -> list[list[Token]]:
-    """Tokens with character offsets, for ``/tokenize`` (on the pool; no batching)."""
-    tokenizers, _ = runtime.require("/tokenize")
+    """Tokens with character offsets (:attr:`Capability.TOKENIZE`; on the pool, no batching)."""
+    tokenizers, _ = runtime.require(Capability.TOKENIZE)
     runtime.check_batch_size(len(inputs), "inputs")
     return await tokenizers.tokens(runtime.texts(inputs, prompt_name), add_special_tokens=add_special_tokens)
 
 
 async def decode(runtime: ModelRuntime, ids: list[list[int]], *, skip_special_tokens: bool) -> list[str]:
-    """Text for lists of token ids, for ``/decode`` (on the pool; no batching)."""
-    tokenizers, _ = runtime.require("/decode")
+    """Text for lists of token ids (:attr:`Capability.TOKENIZE`; on the pool, no batching)."""
+    tokenizers, _ = runtime.require(Capability.TOKENIZE)
     runtime.check_batch_size(len(ids), "ids")
     return await tokenizers.decode(ids, skip_special_tokens=skip_special_tokens)

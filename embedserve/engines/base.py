@@ -1,0 +1,57 @@
+"""What every engine hands the core: a :class:`ModelInfo` describing the loaded model, and an object implementing
+:class:`InferenceModel` that the model's backend thread drives. Plain Python, no inference runtime imported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the server needs to know about a loaded model."""
+
+    model_id: str
+    revision: str | None
+    path: str
+    architecture: str
+    kind: str
+    pooling: str
+    dim: int
+    max_input_length: int
+    dtype: str
+    device: str
+    tokenizer_json: str = field(repr=False)
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    lowercase: bool = False
+    labels: tuple[str, ...] = ()
+    """Output labels of a classifier or reranker, in logit order."""
+    activation: str = "auto"
+    """Scores of a classifier or reranker: sigmoid, softmax, none, or auto (sigmoid for one label, else softmax)."""
+
+    @property
+    def dimensions(self) -> int | None:
+        """Length of the vectors it returns (dense or sparse); None for scoring models, whose output is labels."""
+        return self.dim if self.kind in ("embedding", "sparse") else None
+
+
+class InferenceModel(Protocol):
+    """What the backend thread needs from a model. Every method runs on that one thread.
+
+    ``finish`` yields one row per input: a float32 vector (embedding), an (indices, values) pair of arrays
+    (sparse), or a float32 logits vector (rerank, classify)."""
+
+    def prepare(self, token_ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None) -> Any:
+        """Pad a batch (and its token type ids, for text pairs) and move it to the device."""
+
+    def launch(self, prepared: Any) -> Any:
+        """Start the forward pass (and pooling) for a prepared batch."""
+
+    def finish(self, launched: Any) -> Iterable[Any]:
+        """Wait for a launched batch; one host-side result per input, in batch order."""
+
+    def warmup(self, max_batch_tokens: int) -> float:
+        """Run representative batches so slow first calls and out-of-memory show at start-up. Returns the fixed cost
+        of one forward pass expressed in padded tokens (what the packer weighs batch count against padding with)."""
