@@ -18,16 +18,8 @@ from typing import Any
 
 from embedserve import __version__
 from embedserve.config import load_models
-from embedserve.settings import (
-    EdgeSettings,
-    ModelSettings,
-    ServerSettings,
-    Settings,
-    SettingsError,
-    env_names,
-    flag_name,
-    unwrap_optional,
-)
+from embedserve.options import SettingsError, env_names, flag_name, unwrap_optional
+from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings
 
 GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("model", ModelSettings),

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from embedserve.settings import ModelSettings, SettingsError, unwrap_optional
+from embedserve.options import SettingsError, unwrap_optional
+from embedserve.settings import ModelSettings
 
 ALIASES = {"name": "served_model_name"}
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib.util
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +29,12 @@ from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Set
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast instead of hanging
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ENGINE_CACHE = Path(tempfile.mkdtemp(prefix="embedserve-test-engine-cache-"))
+"""Exported graphs and agreement figures for this test session only, shared by every server it starts (in-process
+through :func:`model_settings`, as a subprocess through the environment), removed at exit."""
+os.environ.setdefault("EMBEDSERVE_ENGINE_CACHE_DIR", str(ENGINE_CACHE))
+atexit.register(shutil.rmtree, ENGINE_CACHE, ignore_errors=True)
 
 
 def package_dir(module: str) -> Path | None:
@@ -74,8 +83,10 @@ class RunningServer:
 
 
 def model_settings(path: Path, **overrides: object) -> ModelSettings:
-    """Model settings for a local model with test-friendly defaults."""
-    values: dict[str, object] = {"model_id": str(path), "served_model_name": "minilm", "tokenization_workers": 2}
+    """Model settings for a local model with test-friendly defaults: float32, so that vectors can be compared with
+    the float32 references exactly (reduced precisions have tests of their own), and the session's engine cache."""
+    values: dict[str, object] = {"model_id": str(path), "served_model_name": "minilm", "tokenization_workers": 2,
+                                 "dtype": "float32", "engine_cache_dir": str(ENGINE_CACHE)}  # fmt: skip
     values.update(overrides)
     return ModelSettings(**values)  # type: ignore[arg-type]
 
@@ -184,3 +195,46 @@ def reranker_path(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -
 def classifier_path(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A three-label classifier."""
     return _classifier(minilm_path, tmp_path_factory.mktemp("classifier"), ["negative", "neutral", "positive"])
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+ARCHITECTURES = {"roberta": "cls", "xlm-roberta": "cls", "mpnet": "cls", "qwen3": "last-token", "distilbert": "cls",
+                 "modernbert": "cls"}  # fmt: skip
+"""The tiny random models built below, with the pooling embedserve picks for each by default."""
+
+
+def tiny_configs() -> dict[str, object]:
+    """Small random configs of the encoder families and a decoder embedding model, on MiniLM's vocabulary."""
+    transformers = pytest.importorskip("transformers")
+    common = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 128, "max_position_embeddings": 514}  # fmt: skip
+    return {
+        "roberta": transformers.RobertaConfig(**common, pad_token_id=1, type_vocab_size=1),
+        "xlm-roberta": transformers.XLMRobertaConfig(**common, pad_token_id=1, type_vocab_size=1),
+        "mpnet": transformers.MPNetConfig(**common, pad_token_id=1),
+        "qwen3": transformers.Qwen3Config(**{**common, "max_position_embeddings": 512}, num_key_value_heads=2,
+                                          head_dim=16, pad_token_id=0),
+        "distilbert": transformers.DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                                    pad_token_id=0),
+        "modernbert": transformers.ModernBertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=128,
+                                                    max_position_embeddings=512, pad_token_id=0),
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_models(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each tiny config saved with seeded random weights next to the MiniLM tokenizer files."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("tiny-models")
+    built = {}
+    for name, config in tiny_configs().items():
+        torch.manual_seed(0)
+        model = transformers.AutoModel.from_config(config)
+        path = root / name
+        model.save_pretrained(path)
+        for file in TOKENIZER_FILES:
+            shutil.copy(minilm_path / file, path / file)
+        built[name] = path
+    return built

@@ -143,10 +143,11 @@ class ModelRuntime:
         self.loaded_in = time.perf_counter() - t0
         self.state = State.READY
         log.info(
-            "model %s ready in %.1fs: %s on %s (%s), %s pooling, dim %d, max input %d tokens, "
+            "model %s ready in %.1fs: %s on %s with %s (%s%s), %s pooling, dim %d, max input %d tokens, "
             "a forward pass costs %.0f tokens of overhead",
-            self.name, self.loaded_in, info.architecture, info.device, info.dtype, info.pooling, info.dim,
-            self._max_input_length, self.batch_overhead_tokens,
+            self.name, self.loaded_in, info.architecture, info.device, info.engine, info.dtype,
+            f", {info.quantize}" if info.quantize else "", info.pooling, info.dim, self._max_input_length,
+            self.batch_overhead_tokens,
         )  # fmt: skip
 
     def _configure(self, info: ModelInfo) -> None:

@@ -1,19 +1,84 @@
 """Engines: turning model settings into a loaded model the core can run.
 
-Each engine lives in its own subpackage and is imported only when a model needs it, so importing the server imports
-no inference runtime. What a model is (kind, pooling, limits) is decided once, in :mod:`embedserve.engines.describe`,
+Each engine lives in its own module and is imported only when a model needs it, so importing the server imports no
+inference runtime. What a model is (kind, pooling, limits) is decided once, in :mod:`embedserve.engines.describe`,
 for every engine; :mod:`embedserve.engines.base` holds the types the core receives. Engines never import the core
 or the HTTP layer.
+
+``--engine auto`` serves with torch on CUDA. On a CPU it takes OpenVINO, else ONNX Runtime (``--quantize int8``:
+ONNX Runtime), the order measured fastest on the CPUs we benchmark (see the README); a model whose graph cannot be
+exported or run there falls back to torch, with a warning naming why.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from embedserve.engines.base import InferenceModel, ModelInfo
+from embedserve.engines.cache import default_cache_dir
+from embedserve.errors import ModelLoadError
+from embedserve.hardware import available_cores
 from embedserve.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from embedserve.engines.describe import ModelDescription
+
+log = logging.getLogger("embedserve.engines")
 
 
 def load(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
     """Load the model ``spec`` names (fetching its files if needed). Raises ModelLoadError naming what is wrong."""
+    from embedserve.engines.describe import describe  # transformers (which imports torch) only once a model loads
+
+    desc = describe(spec)
+    engine = choose_engine(spec)
+    options: dict[str, Any] = {
+        "threads": spec.intra_op_threads or available_cores(),
+        "cache_root": Path(spec.engine_cache_dir).expanduser() if spec.engine_cache_dir else default_cache_dir(),
+    }
+    try:
+        return _load(engine, desc, spec, options)
+    except ModelLoadError as exc:
+        if spec.engine != "auto" or engine == "torch":
+            raise
+        log.warning("%s cannot serve %s (%s); serving it with torch", engine, spec.model_id, exc)
+        return _load("torch", desc, spec, options)
+
+
+def choose_engine(spec: ModelSettings) -> str:
+    """The engine ``--engine auto`` stands for with these settings on this machine; an explicit engine as is."""
+    if spec.engine != "auto":
+        return spec.engine
+    if spec.quantize is not None:
+        return "onnx"
+    if spec.device.startswith("cuda") or (spec.device == "auto" and _cuda_available()):
+        return "torch"
+    for engine, module in (("openvino", "openvino"), ("onnx", "onnxruntime")):
+        if importlib.util.find_spec(module) is not None:
+            return engine
+    return "torch"
+
+
+def _cuda_available() -> bool:
+    import torch  # only to ask whether there is a GPU
+
+    return bool(torch.cuda.is_available())
+
+
+def _load(
+    engine: str, desc: ModelDescription, spec: ModelSettings, options: dict[str, Any]
+) -> tuple[ModelInfo, InferenceModel]:
+    if engine == "onnx":
+        from embedserve.engines import onnx
+
+        return onnx.load(desc, spec, **options)
+    if engine == "openvino":
+        from embedserve.engines import openvino
+
+        return openvino.load(desc, spec, **options)
     from embedserve.engines import torch as torch_engine  # torch lives behind this import
 
-    return torch_engine.load(spec)
+    return torch_engine.load(desc, spec, **options)

@@ -30,11 +30,29 @@ class ModelInfo:
     """Output labels of a classifier or reranker, in logit order."""
     activation: str = "auto"
     """Scores of a classifier or reranker: sigmoid, softmax, none, or auto (sigmoid for one label, else softmax)."""
+    engine: str = "torch"
+    """The inference runtime serving it: torch, onnx (ONNX Runtime) or openvino."""
+    quantize: str | None = None
+    """``int8`` when its weights were quantized."""
+    agreement: Agreement | None = None
+    """How closely its reduced precision (bfloat16, int8) reproduces float32, measured at start-up; None in
+    float32 and on CUDA."""
 
     @property
     def dimensions(self) -> int | None:
         """Length of the vectors it returns (dense or sparse); None for scoring models, whose output is labels."""
         return self.dim if self.kind in ("embedding", "sparse") else None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Cosine of a reduced-precision form's vectors to float32's over a built-in set of texts."""
+
+    form: str
+    """What was compared with float32: ``bfloat16`` or ``int8``."""
+    mean_cosine: float
+    min_cosine: float
+    texts: int
 
 
 class InferenceModel(Protocol):

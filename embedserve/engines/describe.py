@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from embedserve.engines.base import ModelInfo
+from embedserve.engines.base import Agreement, ModelInfo
 from embedserve.engines.modelfiles import (
     SentenceTransformersConfig,
     read_sentence_transformers_config,
@@ -60,8 +60,11 @@ class ModelDescription:
     lowercase: bool
     default_prompt_name: str | None
 
-    def info(self, *, architecture: str, dtype: str, device: str) -> ModelInfo:
-        """The :class:`ModelInfo` of this model as an engine loaded it (its class name, numerics and device)."""
+    def info(
+        self, *, architecture: str, dtype: str, device: str, engine: str = "torch", quantize: str | None = None,
+        agreement: Agreement | None = None,
+    ) -> ModelInfo:  # fmt: skip
+        """The :class:`ModelInfo` of this model as an engine loaded it (its class name, engine and numerics)."""
         return ModelInfo(
             model_id=self.model_id,
             revision=self.revision,
@@ -79,6 +82,9 @@ class ModelDescription:
             lowercase=self.lowercase,
             labels=self.labels,
             activation=self.activation,
+            engine=engine,
+            quantize=quantize,
+            agreement=agreement,
         )
 
 

@@ -5,7 +5,6 @@ reference is transformers itself, run on each input alone (no padding at all).""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +18,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 TEXTS = ["hi", "a somewhat longer sentence about the weather today", "x y", "one " * 40, "the end"]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-
-
-def tiny_configs() -> dict[str, object]:
-    common = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "intermediate_size": 128, "max_position_embeddings": 514}  # fmt: skip
-    return {
-        "roberta": transformers.RobertaConfig(**common, pad_token_id=1, type_vocab_size=1),
-        "xlm-roberta": transformers.XLMRobertaConfig(**common, pad_token_id=1, type_vocab_size=1),
-        "mpnet": transformers.MPNetConfig(**common, pad_token_id=1),
-        "qwen3": transformers.Qwen3Config(**{**common, "max_position_embeddings": 512}, num_key_value_heads=2,
-                                          head_dim=16, pad_token_id=0),
-    }  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def tiny_models(minilm_path: Path, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    built = {}
-    for name, config in tiny_configs().items():
-        torch.manual_seed(0)
-        model = transformers.AutoModel.from_config(config)
-        path = root / name
-        model.save_pretrained(path)
-        for file in TOKENIZER_FILES:
-            shutil.copy(minilm_path / file, path / file)
-        built[name] = path
-    return built
 
 
 def reference(path: Path, texts: list[str], pooling: str) -> np.ndarray:

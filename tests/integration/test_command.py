@@ -51,7 +51,9 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout:
 @pytest.fixture(scope="module")
 def served(minilm_path, tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDSERVE_SERVED_MODEL_NAME": "minilm"}
+    # float32 through the environment (like TEI's DTYPE): the golden values below are float32's; the default
+    # (bfloat16 where the CPU has it) is served by test_model_kinds' process and checked in test_precision.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDSERVE_SERVED_MODEL_NAME": "minilm", "DTYPE": "float32"}
     log = tmp_path_factory.mktemp("embedserve") / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(

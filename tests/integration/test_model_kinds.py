@@ -30,6 +30,7 @@ models:
     max_client_batch_size: 16
   - name: splade
     model_id: {splade}
+    dtype: float32  # compared with sentence-transformers' float32 weights to 1e-4 below
   - name: reranker
     model_id: {reranker}
     max_batch_requests: 8

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from embedserve.cli import build_parser, parse_settings
-from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError, field_docs
+from embedserve.options import field_docs
+from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -63,6 +64,15 @@ def test_choices_are_enforced_for_flags_and_variables(capsys):
         ({"device": "tpu"}, "--device"),
         ({"default_prompt_name": "query", "default_prompt": "q: "}, "--default-prompt"),
         ({"model_id": " "}, "--model-id"),
+        ({"intra_op_threads": 0}, "--intra-op-threads"),
+        ({"engine": "onnx", "device": "cuda"}, "--engine onnx runs on the CPU"),
+        ({"engine": "openvino", "device": "cuda:1"}, "--engine openvino runs on the CPU"),
+        ({"engine": "onnx", "dtype": "bfloat16"}, "--engine onnx runs float32"),
+        ({"quantize": "int8", "engine": "openvino"}, "--quantize int8 runs on ONNX Runtime"),
+        ({"quantize": "int8", "device": "cuda"}, "--quantize int8 runs on the CPU"),
+        ({"quantize": "int8", "dtype": "bfloat16"}, "--quantize int8 replaces --dtype"),
+        ({"quantize": "int8", "kind": "rerank"}, "--quantize int8 serves embedding and sparse"),
+        ({"dtype": "float16", "device": "cpu"}, "--dtype float16 is for CUDA"),
     ],
 )
 def test_bad_model_settings_name_the_flag_to_change(model, flag):

@@ -1,8 +1,8 @@
 """Loading a described model's weights with transformers and torch, and picking its runner.
 
-:func:`load` turns :class:`~embedserve.settings.ModelSettings` into a :class:`~embedserve.engines.base.ModelInfo` and
-a runner implementing :class:`~embedserve.engines.base.InferenceModel`. What the model is (kind, pooling, limits)
-comes from :func:`embedserve.engines.describe.describe`; this module adds the device, the dtype and the weights.
+:func:`load` turns a :class:`~embedserve.engines.describe.ModelDescription` (what the model is: kind, pooling,
+limits) into a :class:`~embedserve.engines.base.ModelInfo` and a runner implementing
+:class:`~embedserve.engines.base.InferenceModel`; this module adds the device, the precision and the weights.
 Every runner method runs on the model's backend thread.
 """
 
@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
+from embedserve.engines.agreement import batch_run
 from embedserve.engines.base import ModelInfo
-from embedserve.engines.describe import describe
+from embedserve.engines.cache import ArtifactCache, content_key
+from embedserve.engines.describe import ModelDescription
+from embedserve.engines.precision import cached_agreement, pick_bf16, wants_bf16
 from embedserve.engines.torch.cross import CrossRunner
 from embedserve.engines.torch.dense import DenseRunner
 from embedserve.engines.torch.runner import Runner
@@ -34,6 +38,7 @@ log = logging.getLogger("embedserve.model")
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+"""Explicit --dtype values; auto is float16 on CUDA and, on a CPU, float32 or a checked bfloat16."""
 _MODEL_CLASSES: dict[str, Any] = {
     "embedding": AutoModel,
     "sparse": AutoModelForMaskedLM,
@@ -52,31 +57,45 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def resolve_dtype(requested: str | None, device: torch.device) -> torch.dtype:
-    """The default is float16 on CUDA and float32 on CPU."""
-    if requested is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if requested != "float32" and device.type == "cpu":
-        log.warning("--dtype %s on CPU is usually slower than float32", requested)
-    return _DTYPES[requested]
-
-
-def load(spec: ModelSettings) -> tuple[ModelInfo, Runner]:
-    """Fetch (if needed) and load a model of any kind."""
-    described = describe(spec)
+def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_root: Path) -> tuple[ModelInfo, Runner]:
+    """Load a described model's weights on its device, in the precision ``--dtype`` resolves to there."""
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    model = _load_weights(_MODEL_CLASSES[described.kind], described.path, dtype, described.config.model_type)
+    cpu = device.type == "cpu"
+    if cpu:
+        torch.set_num_threads(threads)  # this (backend) thread's intra-op pool: it runs every forward pass
+    try_bf16 = cpu and wants_bf16(spec.dtype, desc.kind)
+    # On a CPU a bfloat16 candidate is loaded in float32 first: the reference it is checked against.
+    dtype = _DTYPES.get(spec.dtype, torch.float16 if device.type == "cuda" else torch.float32)
+    if try_bf16:
+        dtype = torch.float32
+    model = _load_weights(_MODEL_CLASSES[desc.kind], desc.path, dtype, desc.config.model_type)
     model.to(device).eval()
-    info = described.info(
-        architecture=type(model).__name__, dtype=str(dtype).removeprefix("torch."), device=str(device)
-    )
-    common: dict[str, Any] = {"device": device, "pad_id": described.pad_id, "max_len": info.max_input_length}
-    if info.kind == "embedding":
-        return info, DenseRunner(model, pooling=info.pooling, **common)
-    if info.kind == "sparse":
-        return info, SpladeRunner(model, **common)
-    return info, CrossRunner(model, **common)
+    runner = _runner(desc, model, device)
+    found = None
+    if try_bf16:
+        found = cached_agreement(
+            ArtifactCache(cache_root, content_key(desc.path, desc.kind, "torch")), engine="torch", form="bfloat16",
+            library=torch.__version__, desc=desc, reference=batch_run(runner), candidate=batch_run(runner),
+            switch=lambda: model.to(torch.bfloat16),
+        )  # fmt: skip
+        if pick_bf16(spec.dtype, found):
+            dtype = torch.bfloat16
+        else:
+            model.to(torch.float32)
+    info = desc.info(
+        architecture=type(model).__name__, dtype=str(dtype).removeprefix("torch."), device=str(device),
+        agreement=found,
+    )  # fmt: skip
+    return info, runner
+
+
+def _runner(desc: ModelDescription, model: Any, device: torch.device) -> Runner:
+    common: dict[str, Any] = {"device": device, "pad_id": desc.pad_id, "max_len": desc.max_input_length}
+    if desc.kind == "embedding":
+        return DenseRunner(model, pooling=desc.pooling, **common)
+    if desc.kind == "sparse":
+        return SpladeRunner(model, **common)
+    return CrossRunner(model, **common)
 
 
 def _load_weights(model_class: Any, path: Any, dtype: torch.dtype, model_type: str) -> Any:

@@ -3,14 +3,14 @@ the next batch be prepared while the GPU computes, and the warm-up that measures
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
+
+from embedserve.engines.warmup import fixed_cost_tokens
 
 Prepared = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 """ids, attention mask, lengths, token type ids (pairs only)."""
@@ -77,26 +77,8 @@ class Runner:
         return self.to_results(host.numpy())
 
     def warmup(self, max_batch_tokens: int) -> float:
-        """Time a one-input batch and a large one, fitting ``time = fixed + per_token * padded_tokens``; returns
-        ``fixed / per_token``. On CUDA the large batch is a full ``max_batch_tokens`` one, so an out-of-memory shows
-        at start-up; on CPU it is 1024 tokens, enough to measure the per-token cost in well under a second."""
-        short = 16
-        small = self._typical_time([[self.pad_id] * short])
-        large_tokens = max_batch_tokens if self.cuda else min(1024, max_batch_tokens)
-        length = min(128, self.max_len, large_tokens)
-        batch = [[self.pad_id] * length] * max(1, large_tokens // length)
-        large = self._typical_time(batch)
-        per_token = (large - small) / max(1, length * len(batch) - short)
-        if per_token <= 0:  # too little compute to tell apart: batching costs nothing, so always fill batches
-            return float(max_batch_tokens)
-        return min(float(max_batch_tokens), max(0.0, small - short * per_token) / per_token)
-
-    def _typical_time(self, batch: list[list[int]]) -> float:
-        for _ in range(2):  # the first calls of a shape pay for lazy kernel set-up
-            self.finish(self.launch(self.prepare(batch)))
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            self.finish(self.launch(self.prepare(batch)))
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        """The fixed cost of a forward pass in padded tokens (see :mod:`embedserve.engines.warmup`); on CUDA with a
+        full ``max_batch_tokens`` batch, so that an out-of-memory shows at start-up."""
+        return fixed_cost_tokens(
+            self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=self.cuda
+        )

@@ -8,11 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedserve.engines.arrays import SPARSE_LOGITS_BUDGET, sparse_rows
 from embedserve.engines.torch.runner import Runner
-
-LOGITS_BUDGET = 64 * 2**20
-"""Most logits (inputs x tokens x vocabulary) materialized at once: 256 MiB of float32. A batch of 64 inputs of
-256 tokens over a 30k vocabulary would need 2 GiB, so bigger batches run through the head in slices."""
 
 
 class SpladeRunner(Runner):
@@ -23,7 +20,7 @@ class SpladeRunner(Runner):
     ) -> torch.Tensor:
         """(inputs, vocabulary) float32 term weights."""
         vocab = self.model.config.vocab_size
-        step = max(1, LOGITS_BUDGET // (ids.shape[1] * vocab))
+        step = max(1, SPARSE_LOGITS_BUDGET // (ids.shape[1] * vocab))
         pooled = []
         for start in range(0, ids.shape[0], step):
             part = slice(start, start + step)
@@ -34,8 +31,4 @@ class SpladeRunner(Runner):
 
     def to_results(self, host: np.ndarray) -> Sequence[Any]:
         """Keep the non-zero terms of each row, in index order."""
-        results = []
-        for row in host:
-            indices = np.flatnonzero(row).astype(np.int32)
-            results.append((indices, row[indices]))
-        return results
+        return sparse_rows(host)

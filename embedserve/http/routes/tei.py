@@ -81,6 +81,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         "model_sha": spec.revision,
         "served_model_name": runtime.name,
         "model_dtype": model.dtype if model else spec.dtype,
+        "engine": _engine(runtime),
         "model_device": model.device if model else spec.device,
         "kind": model.kind if model else spec.kind,
         "model_type": _model_type(runtime),
@@ -103,6 +104,26 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of every collector (see embedserve.metrics)."""
     return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _engine(runtime: ModelRuntime) -> dict[str, Any]:
+    """How the model runs: the engine, its quantization, and the agreement of a reduced precision with float32."""
+    model = runtime.info
+    if model is None:
+        return {"name": runtime.spec.engine, "quantize": runtime.spec.quantize, "agreement": None}
+    agreement = model.agreement
+    return {
+        "name": model.engine,
+        "quantize": model.quantize,
+        "agreement": None
+        if agreement is None
+        else {
+            "compared": f"{agreement.form} vs float32",
+            "mean_cosine": round(agreement.mean_cosine, 6),
+            "min_cosine": round(agreement.min_cosine, 6),
+            "texts": agreement.texts,
+        },
+    }
 
 
 def _model_type(runtime: ModelRuntime) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""The OpenVINO engine (CPU): the same ONNX graph as ONNX Runtime's, compiled by OpenVINO for this CPU.
+
+OpenVINO reads the fp32 ONNX graph directly (not ONNX Runtime's fused one, whose contrib operators it does not
+know) and compiles it with an explicit inference precision: float32, or bfloat16 where ``--dtype`` asks for it (see
+:mod:`embedserve.engines.precision`). Compiled blobs are cached beside the graph, so later starts skip compilation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import openvino as ov
+
+from embedserve.engines.agreement import LazyRun, batch_run
+from embedserve.engines.arrays import ArrayRunner, architecture, runner_settings
+from embedserve.engines.base import ModelInfo
+from embedserve.engines.describe import ModelDescription
+from embedserve.engines.onnx.graphs import Graph, fp32_graph
+from embedserve.engines.precision import cached_agreement, pick_bf16, wants_bf16
+from embedserve.errors import ModelLoadError
+from embedserve.settings import ModelSettings
+
+log = logging.getLogger("embedserve.engines.openvino")
+
+_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
+
+
+class OpenVinoRunner(ArrayRunner):
+    """A compiled OpenVINO model behind the shared padding and pooling; one infer request, reused."""
+
+    def __init__(self, compiled: Any, output_name: str, precision: str, **common: Any) -> None:
+        super().__init__(input_names=[port.get_any_name() for port in compiled.inputs], **common)
+        self.precision = precision
+        self.request = compiled.create_infer_request()
+        self.port = compiled.output(output_name)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's output for one batch, copied out of the request's buffer (the next run reuses it)."""
+        return np.array(self.request.infer(feeds)[self.port], copy=True)
+
+
+def compile_graph(graph: Graph, precision: str, threads: int) -> Any:
+    """Compile for the CPU: one stream, ``threads`` threads, latency hint, the given inference precision."""
+    core = ov.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": _PRECISIONS[precision],
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "CACHE_DIR": str(graph.cache.dir / "openvino"),
+    }
+    return core.compile_model(str(graph.path), "CPU", config)
+
+
+def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_root: Path) -> tuple[ModelInfo, Any]:
+    """Load ``desc`` into OpenVINO on the CPU in float32 or bfloat16."""
+    if spec.quantize is not None:
+        raise ModelLoadError("--quantize int8 runs on --engine onnx (or auto), not openvino")
+    if spec.dtype not in ("auto", "float32", "bfloat16"):
+        raise ModelLoadError(f"--engine openvino runs float32 or bfloat16 on a CPU, not {spec.dtype}")
+    graph = fp32_graph(desc, cache_root)
+    common = runner_settings(desc)
+
+    def runner(precision: str) -> OpenVinoRunner:
+        return OpenVinoRunner(compile_graph(graph, precision, threads), graph.output, precision, **common)
+
+    found = None
+    chosen: OpenVinoRunner | None = None
+    if wants_bf16(spec.dtype, desc.kind):
+        bf16 = runner("bfloat16")
+        reference = LazyRun(lambda: runner("float32"))  # compiled only if the agreement has to be measured
+        found = cached_agreement(
+            graph.cache, engine="openvino", form="bfloat16", library=ov.get_version(), desc=desc,
+            reference=reference, candidate=batch_run(bf16),
+        )  # fmt: skip
+        chosen = bf16 if pick_bf16(spec.dtype, found) else cast(OpenVinoRunner | None, reference.model)
+    if chosen is None:
+        chosen = runner("float32")
+    dtype = "bfloat16" if chosen.precision == "bfloat16" else "float32"
+    info = desc.info(architecture=architecture(desc), dtype=dtype, device="cpu", engine="openvino", agreement=found)
+    return info, chosen
