@@ -22,7 +22,14 @@ import psutil
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
-INFINITY_VENV = BENCH_DIR / ".infinity-venv"
+# Infinity's private venvs, one per flavor of benchmarks/setup_infinity.sh: its torch engine, and its optimum engine on
+# ONNX Runtime's CPU provider or on ORT's OpenVINO provider (onnxruntime-openvino).
+INFINITY_VENVS = {
+    "torch": BENCH_DIR / ".infinity-venv",
+    "optimum": BENCH_DIR / ".infinity-optimum-venv",
+    "openvino": BENCH_DIR / ".infinity-openvino-venv",
+}
+INFINITY_VENV = INFINITY_VENVS["torch"]
 
 # Offline and quiet: no hub access, no telemetry, for every server alike.
 SERVER_ENV = {
@@ -38,6 +45,10 @@ class ServerError(RuntimeError):
     """A server did not start, did not become healthy, or answered a smoke request wrongly."""
 
 
+class UsageError(ServerError):
+    """The server exited at start with a usage error: it does not know a flag it was given (yet)."""
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """How to launch one server under test."""
@@ -47,6 +58,8 @@ class ServerSpec:
     port: int
     health_path: str
     startup_timeout_s: float = 240.0
+    kind: str = ""  # embedserve, naive, infinity: what the server is, whatever the variant's name
+    env: dict[str, str] = field(default_factory=dict)  # on top of SERVER_ENV
 
 
 def free_port() -> int:
@@ -57,7 +70,7 @@ def free_port() -> int:
         return port
 
 
-def embedserve_spec(model: Path, port: int, extra_args: list[str]) -> ServerSpec:
+def embedserve_spec(model: Path, port: int, extra_args: list[str], name: str = "embedserve") -> ServerSpec:
     """embedserve from this venv, with the benchmark's served name and any passthrough flags."""
     script = Path(sys.executable).with_name("embedserve")
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "embedserve"]
@@ -65,13 +78,13 @@ def embedserve_spec(model: Path, port: int, extra_args: list[str]) -> ServerSpec
     # One load generator address sends far more than the default per-address limit (80 req/s): the benchmark
     # measures the server, so the governor is off, as it would be behind a gateway that limits per key.
     argv += ["--hostname", HOST, "--log-level", "warning", "--rate-limit-rps", "0", *extra_args]
-    return ServerSpec("embedserve", argv, port, "/health")
+    return ServerSpec(name, argv, port, "/health", kind="embedserve")
 
 
 def naive_spec(model: Path, port: int) -> ServerSpec:
     """The naive sentence-transformers + Starlette server from this directory."""
     argv = [sys.executable, str(BENCH_DIR / "naive_server.py"), "--model", str(model), "--port", str(port)]
-    return ServerSpec("naive", [*argv, "--host", HOST], port, "/health")
+    return ServerSpec("naive", [*argv, "--host", HOST], port, "/health", kind="naive")
 
 
 def infinity_spec(model: Path, port: int, venv: Path = INFINITY_VENV) -> ServerSpec:
@@ -79,7 +92,23 @@ def infinity_spec(model: Path, port: int, venv: Path = INFINITY_VENV) -> ServerS
     argv = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", str(model), "--engine", "torch"]
     argv += ["--port", str(port), "--host", HOST, "--url-prefix", "/v1", "--log-level", "warning"]
     # Its health route stays at /health whatever the prefix.
-    return ServerSpec("infinity", argv, port, "/health")
+    return ServerSpec("infinity", argv, port, "/health", kind="infinity")
+
+
+def infinity_optimum_spec(model_farm: Path, port: int, flavor: str, name: str = "infinity-optimum") -> ServerSpec:
+    """Infinity's optimum engine (ONNX) on a model folder that holds ``model.onnx`` (see ``variants.model_farm``).
+
+    ``--pooling-method mean`` is required for mean-pooled sentence-transformers models: the engine ignores
+    ``1_Pooling`` and would pool CLS. ``--device cpu`` picks ORT's OpenVINO provider when it is installed (the
+    openvino flavor), else the CPU provider. The optimized graph it writes on start lands in the farm folder.
+    """
+    venv = INFINITY_VENVS[flavor]
+    argv = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", str(model_farm), "--engine", "optimum"]
+    argv += ["--pooling-method", "mean", "--device", "cpu"]
+    argv += ["--port", str(port), "--host", HOST, "--url-prefix", "/v1", "--log-level", "warning"]
+    # Everything the hub client might cache goes to the farm's folder too, never to ~/.cache.
+    env = {"HF_HOME": str(model_farm.parent / "hf-home")}
+    return ServerSpec(name, argv, port, "/health", kind="infinity", env=env)
 
 
 def infinity_installed(venv: Path = INFINITY_VENV) -> bool:
@@ -87,11 +116,14 @@ def infinity_installed(venv: Path = INFINITY_VENV) -> bool:
     return (venv / "bin" / "infinity_emb").exists()
 
 
-def ensure_infinity(venv: Path = INFINITY_VENV) -> None:
-    """Create Infinity's venv with setup_infinity.sh unless it already exists."""
+def ensure_infinity(flavor: str = "torch") -> None:
+    """Create the venv of an Infinity flavor with setup_infinity.sh unless it already exists."""
+    venv = INFINITY_VENVS[flavor]
     if infinity_installed(venv):
         return
-    subprocess.run(["bash", str(BENCH_DIR / "setup_infinity.sh"), str(venv)], check=True)
+    sys.stdout.write(f"creating Infinity's {flavor} venv in {venv} (once; a minute or two)\n")
+    sys.stdout.flush()
+    subprocess.run(["bash", str(BENCH_DIR / "setup_infinity.sh"), flavor, str(venv)], check=True)
 
 
 def http_json(port: int, path: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
@@ -185,7 +217,7 @@ class RunningServer:
 
 def start(spec: ServerSpec, log_path: Path) -> RunningServer:
     """Launch a server and wait until its health route answers 200."""
-    env = {**os.environ, **SERVER_ENV}
+    env = {**os.environ, **SERVER_ENV, **spec.env}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with log_path.open("wb") as log:
@@ -204,7 +236,12 @@ def _wait_healthy(server: RunningServer, began: float) -> None:
     spec = server.spec
     while time.monotonic() - began < spec.startup_timeout_s:
         if server.popen.poll() is not None:
-            raise ServerError(f"{spec.name} exited with {server.popen.returncode}:\n{server.log_tail()}")
+            tail = server.log_tail()
+            # argparse's way out: exit status 2 after a "usage:" line, e.g. for a flag this version does not have.
+            if server.popen.returncode == 2 and "usage:" in tail:
+                last = tail.strip().splitlines()[-1] if tail.strip() else ""
+                raise UsageError(f"{spec.name} rejected its command line: {last}")
+            raise ServerError(f"{spec.name} exited with {server.popen.returncode}:\n{tail}")
         with contextlib.suppress(OSError):
             status, _ = http_json(spec.port, spec.health_path, timeout=2.0)
             if status == 200:

@@ -118,6 +118,28 @@ class TokenCounter:
         full = [len(tokenizer.encode(text).ids) for text in texts]
         return [min(n, self.max_length) for n in full], full
 
+    def clip(self, texts: Sequence[str]) -> list[str]:
+        """Each text cut where the model's truncation cuts it: the same tokens, from a shorter string.
+
+        For servers that truncate at another limit (Infinity's optimum engine stops at the position limit, 512, not at
+        the model's maximum length, 256): given clipped texts, they compute the same tokens as every other server.
+        """
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.tokenizer_path))
+        tokenizer.enable_truncation(self.max_length)
+        tokenizer.no_padding()
+        out = []
+        for text in texts:
+            encoding = tokenizer.encode(text)
+            if not encoding.overflowing:
+                out.append(text)
+                continue
+            pairs = zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+            kept = [end for (_, end), special in pairs if not special]
+            out.append(text[: kept[-1]] if kept else "")
+        return out
+
 
 def model_max_length(model_dir: Path) -> int:
     """The model's maximum input length: sentence-transformers' max_seq_length, else the tokenizer's or config's."""
