@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from embedserve.engines.base import InferenceModel, ModelInfo
 from embedserve.engines.cache import default_cache_dir
-from embedserve.errors import ModelLoadError
 from embedserve.hardware import available_cores
 from embedserve.settings import ModelSettings
 
@@ -39,12 +38,13 @@ def load(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
         "threads": spec.intra_op_threads or available_cores(),
         "cache_root": Path(spec.engine_cache_dir).expanduser() if spec.engine_cache_dir else default_cache_dir(),
     }
+    if spec.engine != "auto" or engine == "torch":
+        return _load(engine, desc, spec, options)
     try:
         return _load(engine, desc, spec, options)
-    except ModelLoadError as exc:
-        if spec.engine != "auto" or engine == "torch":
-            raise
-        log.warning("%s cannot serve %s (%s); serving it with torch", engine, spec.model_id, exc)
+    except Exception as exc:  # an export, a graph or a compile that fails: auto still serves the model
+        log.warning("%s cannot serve %s (%s: %s); serving it with torch", engine, spec.model_id,
+                    type(exc).__name__, exc)  # fmt: skip
         return _load("torch", desc, spec, options)
 
 

@@ -56,7 +56,6 @@ class ArtifactCache:
 
     def __init__(self, root: Path, key: str) -> None:
         self.dir = root / key
-        self.dir.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -77,6 +76,7 @@ class ArtifactCache:
     def get(self, name: str, build: Callable[[Path], None], what: str) -> Path:
         """The artifact ``name``, built by ``build(temporary_path)`` when it is missing or damaged."""
         path = self.dir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
         with self._locked():
             if self.valid(name):
                 return path
@@ -101,6 +101,7 @@ class ArtifactCache:
 
     def write_json(self, name: str, value: Any) -> None:
         """Write a small JSON record atomically."""
+        self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{name}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(value, indent=1))
         os.replace(tmp, self.dir / name)

@@ -51,7 +51,10 @@ def cached_agreement(
     ids = agreement.encode(desc.tokenizer_json, agreement.builtin_texts(),
                            desc.max_input_length, desc.lowercase)  # fmt: skip
     measured = agreement.measure(form, reference, candidate, ids, sparse=desc.kind == "sparse", switch=switch)
-    cache.write_json(name, {**dataclasses.asdict(measured), **stamp})
+    try:
+        cache.write_json(name, {**dataclasses.asdict(measured), **stamp})
+    except OSError as exc:  # a read-only or misconfigured cache costs a re-measurement next start, nothing more
+        log.warning("cannot cache the agreement figures in %s: %s", cache.dir, exc)
     log.info("%s agreement with float32, measured in %.1fs: %s", form, time.perf_counter() - t0, _text(measured))
     return measured
 

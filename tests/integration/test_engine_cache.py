@@ -11,6 +11,7 @@ import pytest
 
 from embedserve import engines
 from embedserve.engines.base import InferenceModel
+from embedserve.hardware import native_bf16
 from tests.conftest import model_settings
 
 pytestmark = pytest.mark.integration
@@ -89,3 +90,31 @@ def test_a_graph_the_model_ships_is_used_instead_of_an_export(minilm_path, refer
     assert "exporting" not in caplog.text
     assert set(entries(cache)) == {"model.optimized.onnx"}  # derived from the shipped graph; nothing exported
     assert np.all(np.sum(vectors(model, reference_model) * reference_model.encode(TEXTS), axis=1) >= 0.9999)
+
+
+def test_a_damaged_shipped_graph_is_passed_over_and_the_model_exported(minilm_path, reference_model, tmp_path, caplog):
+    shipped = tmp_path / "shipping-model"
+    (shipped / "onnx").mkdir(parents=True)
+    for item in minilm_path.iterdir():
+        (shipped / item.name).symlink_to(item)
+    (shipped / "onnx" / "model.onnx").write_bytes(b"\x08\x07 half an upload")
+    with caplog.at_level(logging.INFO, logger="embedserve.engines.onnx"):
+        _, model = load(shipped, tmp_path / "cache")
+    assert "exporting the model instead" in caplog.text
+    assert np.all(np.sum(vectors(model, reference_model) * reference_model.encode(TEXTS), axis=1) >= 0.9999)
+
+
+def test_engine_auto_serves_with_torch_when_the_cpu_engine_cannot_start(minilm_path, reference_model, tmp_path, caplog):
+    unwritable = tmp_path / "a-file-not-a-directory"
+    unwritable.write_text("")
+    settings = model_settings(minilm_path, engine="auto", dtype="auto", engine_cache_dir=str(unwritable))
+    with caplog.at_level(logging.WARNING, logger="embedserve.engines"):
+        info, model = engines.load(settings)
+    assert info.engine == "torch"
+    assert "cannot serve" in caplog.text
+    assert "serving it with torch" in caplog.text
+    assert info.dtype == ("bfloat16" if native_bf16() else "float32")  # measured, just not cached
+    close = 0.999 if native_bf16() else 0.9999
+    assert np.all(np.sum(vectors(model, reference_model) * reference_model.encode(TEXTS), axis=1) >= close)
+    with pytest.raises(NotADirectoryError):  # named explicitly, the engine's failure is the answer
+        engines.load(model_settings(minilm_path, engine="openvino", engine_cache_dir=str(unwritable)))

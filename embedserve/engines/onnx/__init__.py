@@ -67,7 +67,10 @@ def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_roo
     path = graph.path
     if fusable(desc.config):
         source = graph.path
-        path = graph.cache.get("model.optimized.onnx", lambda target: optimize(source, target, desc.config), "graph")
+        try:
+            path = graph.cache.get("model.optimized.onnx", lambda t: optimize(source, t, desc.config), "fused graph")
+        except Exception as exc:  # a shipped graph the optimizer does not understand still runs unfused
+            log.warning("ONNX Runtime's optimizer cannot fuse %s (%s); running it unfused", source, exc)
     common = runner_settings(desc)
     found = None
     if spec.quantize == "int8":

@@ -9,7 +9,6 @@ inside the graph. Otherwise the transformers weights are exported (:mod:`.export
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,22 +48,22 @@ def fp32_graph(desc: ModelDescription, cache_root: Path) -> Graph:
                 return Graph(candidate, output, True, cache)
             log.warning("%s does not fit embedserve (inputs or outputs); exporting the model instead", relative)
     cache = ArtifactCache(cache_root, content_key(desc.path, desc.kind, "export", FORMAT_VERSION))
-    if not cache.valid("model.onnx"):
-        log.info("exporting %s to ONNX (once; cached in %s)", desc.model_id, cache.dir)
-    t0 = time.perf_counter()
 
     def build(target: Path) -> None:
         from embedserve.engines.onnx.export import export  # torch is needed only to export
 
+        log.info("exporting %s to ONNX (once; cached in %s)", desc.model_id, cache.dir)
         export(desc, target)
 
-    path = cache.get("model.onnx", build, "ONNX graph")
-    log.debug("ONNX graph ready in %.1fs", time.perf_counter() - t0)
-    return Graph(path, OUTPUT_NAMES[desc.kind], False, cache)
+    return Graph(cache.get("model.onnx", build, "ONNX graph"), OUTPUT_NAMES[desc.kind], False, cache)
 
 
 def _usable_output(path: Path, kind: str) -> str | None:
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # damaged or not an ONNX file: the weights are still there to export
+        log.warning("cannot read %s (%s)", path, exc)
+        return None
     inputs = {value.name for value in model.graph.input}
     outputs = [value.name for value in model.graph.output]
     if not inputs <= _KNOWN_INPUTS or "input_ids" not in inputs:
