@@ -1,7 +1,8 @@
 """Command line of the benchmark harness.
 
-python -m benchmarks run [--quick] [--out benchmarks/results] [--model PATH]
-                         [--only embedserve,naive,infinity,ceiling] [--embedserve-args "..."]
+python -m benchmarks run [--quick] [--out benchmarks/results] [--model PATH] [--only ceiling,embedserve,...]
+                         [--embedserve-args "..."] [--ceiling-engines torch,onnx,...]
+                         [--infinity-optimum-flavor openvino|optimum]
 python -m benchmarks make-bge-large-shape OUT_DIR [--tiny]
 """
 
@@ -26,19 +27,36 @@ def default_model() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-def _parts(text: str) -> tuple[str, ...]:
-    from benchmarks.runner import ALL_PARTS
+def _all_parts() -> tuple[str, ...]:
+    from benchmarks.variants import VARIANTS
 
+    return ("ceiling", *(v.name for v in VARIANTS))
+
+
+def _parts(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = sorted(set(parts) - set(ALL_PARTS))
+    unknown = sorted(set(parts) - set(_all_parts()))
     if unknown or not parts:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(ALL_PARTS)} (got {text!r})")
+        raise argparse.ArgumentTypeError(f"choose from {','.join(_all_parts())} (got {text!r})")
     return parts
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    from benchmarks.variants import CEILING_ENGINES as ENGINES
+
+    engines = tuple(e.strip() for e in text.split(",") if e.strip())
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown or not engines:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(ENGINES)} (got {text!r})")
+    return engines
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its subcommands."""
-    from benchmarks.runner import ALL_PARTS
+    from benchmarks.variants import CEILING_ENGINES as ENGINES
+    from benchmarks.variants import DEFAULT_INFINITY_OPTIMUM_FLAVOR, INFINITY_OPTIMUM_FLAVORS
+
+    all_parts = _all_parts()
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="embedserve benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,12 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     run.add_argument("--model", type=Path, default=None, help="local model directory (default: all-MiniLM-L6-v2)")
     run.add_argument(
-        "--only", type=_parts, default=ALL_PARTS, help=f"comma-separated parts to run (default {','.join(ALL_PARTS)})"
+        "--only", type=_parts, default=all_parts, help=f"comma-separated parts to run (default {','.join(all_parts)})"
     )
     run.add_argument(
         "--embedserve-args", default="", help='extra embedserve flags, one string (e.g. "--max-batch-requests 16")'
     )
     run.add_argument("--device", default="auto", help="device of the in-process ceiling: auto, cpu, cuda, cuda:N")
+    run.add_argument(
+        "--ceiling-engines",
+        type=_engines,
+        default=ENGINES,
+        help=f"comma-separated ceiling engines (default all: {','.join(ENGINES)}); torch always runs, as the reference",
+    )
+    run.add_argument(
+        "--infinity-optimum-flavor",
+        choices=INFINITY_OPTIMUM_FLAVORS,
+        default=DEFAULT_INFINITY_OPTIMUM_FLAVOR,
+        help="Infinity's optimum engine on ORT's OpenVINO provider (openvino) or its CPU provider (optimum) "
+        f"(default {DEFAULT_INFINITY_OPTIMUM_FLAVOR}, the faster here)",
+    )
 
     rep = sub.add_parser("report", help="re-render summary.md and the plots from an existing results.json")
     rep.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where results.json is (default {DEFAULT_OUT})")
@@ -98,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         only=args.only,
         embedserve_args=shlex.split(args.embedserve_args),
         device=args.device,
+        ceiling_engines=args.ceiling_engines,
+        infinity_flavor=args.infinity_optimum_flavor,
         command=shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]),
     )
     execute(options)

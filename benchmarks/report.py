@@ -1,4 +1,4 @@
-"""Targets, summary.md and the PNG plots, all computed from results.json's contents alone."""
+"""summary.md and the PNG plots, all computed from results.json's contents alone (targets: benchmarks/targets.py)."""
 
 from __future__ import annotations
 
@@ -8,128 +8,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-SERVER_ORDER = ("embedserve", "naive", "infinity")
-COLORS = {"embedserve": "tab:blue", "naive": "tab:orange", "infinity": "tab:green"}
+from benchmarks.targets import cpu_per_request_short, find_cell, p50_short, targets
+from benchmarks.variants import VARIANTS
 
+__all__ = ["summary_markdown", "targets", "write"]
 
-def find_cell(results: dict[str, Any], server: str, mode: str, mix: str, per_request: int, load: float) -> Any:
-    """The cell of a server with this shape (``load``: concurrency when closed, rate when open), or None."""
-    key = "concurrency" if mode == "closed" else "rate"
-    for cell in results.get("servers", {}).get(server, {}).get("cells", []):
-        if (cell["mode"], cell["mix"], cell["texts_per_request"]) == (mode, mix, per_request) and math.isclose(
-            cell[key] or 0.0, load
-        ):
-            return cell
-    return None
-
-
-def _eps(results: dict[str, Any], server: str) -> float | None:
-    cell = find_cell(results, server, "closed", "mixed", 1, 32)
-    return None if cell is None else float(cell["embeddings_per_s"])
-
-
-def _p50_short(results: dict[str, Any], server: str) -> float | None:
-    cell = find_cell(results, server, "closed", "short", 1, 1)
-    if cell is None or cell["latency_ms"]["p50"] is None:
-        return None
-    return float(cell["latency_ms"]["p50"])
-
-
-def _target(name: str, measured: str, required: str, met: bool | None, value: float | None) -> dict[str, Any]:
-    return {"target": name, "measured": measured, "required": required, "met": met, "value": value}
-
-
-def _ratio_target(name: str, num: float | None, den: float | None, bound: float, higher: bool, unit: str) -> Any:
-    sign = ">=" if higher else "<="
-    required = f"{sign} {bound:g}x"
-    if num is None or den is None or den == 0:
-        return _target(name, "not measured", required, None, None)
-    ratio = num / den
-    met = ratio >= bound if higher else ratio <= bound
-    return _target(name, f"{ratio:.2f}x ({num:.1f} vs {den:.1f} {unit})", required, met, ratio)
-
-
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of the issue with its measured value, the required value and whether it is met."""
-    ceiling = results.get("ceiling", {})
-    ceiling_best = ceiling.get("mixes", {}).get("mixed", {}).get("best_texts_per_s")
-    direct = ceiling.get("direct", {}).get("p50_ms")
-    es = _eps(results, "embedserve")
-    es_p50 = _p50_short(results, "embedserve")
-    inf_p50 = _p50_short(results, "infinity")
-    out = [
-        _ratio_target(
-            "c=32 single mixed: embedserve emb/s vs ceiling's best texts/s", es, ceiling_best, 0.85, True, "/s"
-        ),
-        _ratio_target(
-            "c=32 single mixed: embedserve emb/s vs naive server", es, _eps(results, "naive"), 1.5, True, "/s"
-        ),
-        _ratio_target(
-            "c=32 single mixed: embedserve emb/s vs Infinity", es, _eps(results, "infinity"), 1.2, True, "/s"
-        ),
-        _ratio_target("c=1 single short: embedserve p50 vs one direct forward pass", es_p50, direct, 1.3, False, "ms"),
-    ]
-    if es_p50 is None or inf_p50 is None:
-        out.append(_target("c=1 single short: embedserve p50 below Infinity's", "not measured", "< 1x", None, None))
-    else:
-        measured = f"{es_p50:.2f} ms vs {inf_p50:.2f} ms ({es_p50 / inf_p50:.2f}x)"
-        out.append(
-            _target(
-                "c=1 single short: embedserve p50 below Infinity's",
-                measured,
-                "< 1x",
-                es_p50 < inf_p50,
-                es_p50 / inf_p50,
-            )
-        )
-    out += _token_targets(results)
-    overload = results.get("overload")
-    if overload is None:
-        out.append(_target("RSS bounded under 10x overload", "not measured", "bounded", None, None))
-    else:
-        growth = overload["rss_growth_mib"]
-        measured = (
-            f"middle third {overload['rss_middle_third_mib']:.0f} -> last third "
-            f"{overload['rss_last_third_mib']:.0f} MiB ({growth:+.0f} MiB), 429 rate {100 * overload['rate_429']:.0f}%"
-        )
-        required = f"growth <= {overload['rss_growth_allowed_mib']:.0f} MiB"
-        out.append(_target("RSS bounded under 10x overload", measured, required, bool(overload["rss_bounded"]), growth))
-    return out
-
-
-def _token_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The GPU targets: embedserve's tokens/s against the ceiling's, with single-text requests at the highest
-    concurrency and with 32-text requests at the best one. Computed on any device; required only on CUDA."""
-    ceiling = results.get("ceiling", {})
-    on_gpu = str(ceiling.get("device", "")).startswith("cuda")
-    ceiling_tokens = ceiling.get("mixes", {}).get("mixed", {}).get("best_tokens_per_s")
-    cells = [
-        c
-        for c in results.get("servers", {}).get("embedserve", {}).get("cells", [])
-        if c["mode"] == "closed" and c["mix"] == "mixed"
-    ]
-    single = [c for c in cells if c["texts_per_request"] == 1]
-    multi = [c for c in cells if c["texts_per_request"] > 1]
-    highest = max(single, key=lambda c: c["concurrency"], default=None)
-    best_multi = max(multi, key=lambda c: c["tokens_per_s"], default=None)
-    out = []
-    for name, cell, bound in (
-        (f"c={highest['concurrency'] if highest else '?'} single mixed", highest, 0.8),
-        (f"c={best_multi['concurrency'] if best_multi else '?'} 32-text mixed", best_multi, 0.9),
-    ):
-        target = _ratio_target(
-            f"{name}: embedserve tokens/s vs ceiling's (GPU target)",
-            None if cell is None else float(cell["tokens_per_s"]),
-            ceiling_tokens,
-            bound,
-            True,
-            "tokens/s",
-        )
-        if not on_gpu and target["met"] is not None:
-            target["met"] = None
-            target["required"] += " on a GPU (informative here)"
-        out.append(target)
-    return out
+SERVER_ORDER = tuple(v.name for v in VARIANTS)
+COLORS = {
+    "embedserve": "tab:blue",
+    "embedserve-torch": "tab:cyan",
+    "embedserve-int8": "tab:purple",
+    "naive": "tab:orange",
+    "infinity": "tab:green",
+    "infinity-optimum": "tab:olive",
+}
 
 
 # --- markdown --------------------------------------------------------------------------------------------------
@@ -164,14 +56,19 @@ def _headline(results: dict[str, Any]) -> list[str]:
         rows.append(
             [server]
             + [_num(c and c["embeddings_per_s"]) for c in sweep]
-            + [lat, _num(_p50_short(results, server), 2), _num(peak, 0)]
+            + [lat, _num(p50_short(results, server), 2), _num(peak, 0)]
         )
     ceiling = results.get("ceiling")
     if ceiling and "mixed" in ceiling["mixes"]:
         best = ceiling["mixes"]["mixed"]
         direct = _num(ceiling["direct"]["p50_ms"], 2)
         note = f"{_num(best['best_texts_per_s'])} (batch {best['best_batch_size']})"
-        rows.append(["ceiling (in-process)", "", "", note, "", "", f"{direct} (direct forward)", ""])
+        rows.append(["ceiling (in-process, torch)", "", "", note, "", "", f"{direct} (direct forward)", ""])
+    choice = results.get("ceiling_choice")
+    if choice and choice["engine"] != "torch":
+        note = f"{_num(choice['best_texts_per_s'])} (batch {choice['best_batch_size']})"
+        direct = f"{_num(choice['direct_p50_ms'], 2)} (single input)"
+        rows.append([f"near-lossless ceiling ({choice['engine']})", "", "", note, "", "", direct, ""])
     lines = ["## Headline: embeddings/s, single-text requests, mixed lengths, closed loop", ""]
     return lines + _table(header, rows)
 
@@ -195,6 +92,99 @@ def _ceiling_section(ceiling: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines + _table(header, rows)
+
+
+def _engines_section(results: dict[str, Any]) -> list[str]:
+    """Every ceiling engine: best texts/s per mix, single-input p50, agreement with torch float32."""
+    from benchmarks.agreement import near_lossless
+
+    ceilings = results.get("ceilings") or {}
+    mixes = [m for m in ("short", "mixed", "long") if any(m in c.get("mixes", {}) for c in ceilings.values())]
+    header = ["engine", "runtime", "precision", *[f"{m} texts/s (batch)" for m in mixes], "single input p50 ms"]
+    header += ["mean cosine", "min cosine", "near-lossless", "other CPU %"]
+    rows = []
+    for name, c in ceilings.items():
+        if c.get("skipped"):
+            rows.append([name, "", "", *("" for _ in mixes), "", "", "", f"skipped: {c['skipped']}", ""])
+            continue
+        agree = c.get("agreement") or {}
+        best = [c["mixes"].get(m) for m in mixes]
+        rows.append(
+            [
+                name,
+                str(c.get("runtime", "")),
+                str(c.get("precision") or c.get("dtype", "")),
+                *(f"{_num(b['best_texts_per_s'])} ({b['best_batch_size']})" if b else "-" for b in best),
+                _num(c.get("direct", {}).get("p50_ms"), 2),
+                "reference" if name == "torch" else _num(agree.get("mean_cosine"), 6),
+                "reference" if name == "torch" else _num(agree.get("min_cosine"), 6),
+                "yes" if near_lossless(c) else "no",
+                _num(c.get("other_cpu_pct"), 0),
+            ]
+        )
+    choice = results.get("ceiling_choice")
+    picked = (
+        f"The near-lossless ceiling of the engine targets is **{choice['engine']}**: "
+        f"{_num(choice['best_texts_per_s'])} texts/s on mixed lengths (the fastest with mean cosine >= "
+        f"{choice['near_lossless_mean_cosine']} to torch float32; the fastest of all is "
+        f"{choice['fastest_any_engine']}, {_num(choice['fastest_any_texts_per_s'])} texts/s)."
+        if choice
+        else "No near-lossless engine measured mixed lengths."
+    )
+    return [
+        "## Ceiling engines (in-process, same tokenizer, length-sorted batches, best batch size)",
+        "",
+        "Tokenize + forward + pool + normalize per engine, each in its own process with the same intra-op threads. "
+        "Agreement: cosine of each engine's vectors with torch float32's on the same texts (all of the ceiling's). "
+        + picked,
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
+def _servers_section(results: dict[str, Any]) -> list[str]:
+    """Every server variant: what it is, its agreement with torch float32, its c=1 latency and CPU per request."""
+    header = ["server", "what", "version", "mean cosine", "min cosine", "c=1 short p50 ms", "CPU ms / request"]
+    rows = []
+    for server in SERVER_ORDER:
+        entry = results.get("servers", {}).get(server)
+        if not entry:
+            continue
+        agree = entry.get("agreement") or {}
+        what = entry.get("description", "")
+        if entry.get("infinity_flavor"):
+            what += f" ({entry['infinity_flavor']} set-up)"
+        if entry.get("inputs_clipped_to_max_length"):
+            what += "; inputs cut at the model's maximum length"
+        rows.append(
+            [
+                server,
+                what,
+                str(entry.get("version", "")),
+                _num(agree.get("mean_cosine"), 6),
+                _num(agree.get("min_cosine"), 6),
+                _num(p50_short(results, server), 2),
+                _num(cpu_per_request_short(results, server), 2),
+            ]
+        )
+    if not rows:
+        return []
+    lines = [
+        "## Servers: agreement with torch float32 and CPU per request",
+        "",
+        "Agreement: each server's vectors of the ceiling's mixed-length texts (requests of 32) against torch float32 "
+        "in-process. CPU per request: CPU seconds of the server's processes (psutil) over the timed window of the "
+        "concurrency-1 short-input cell, divided by the requests answered in it.",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+    skipped = results.get("skipped") or {}
+    if skipped:
+        lines += ["Skipped (the server rejected the variant's flags):", ""]
+        lines += [f"- {part}: {why}" for part, why in skipped.items()] + [""]
+    return lines
 
 
 def _cell_name(cell: dict[str, Any]) -> str:
@@ -318,6 +308,9 @@ def summary_markdown(results: dict[str, Any]) -> str:
     ]
     if "ceiling" in results:
         lines += [*_ceiling_section(results["ceiling"]), ""]
+    if results.get("ceilings"):
+        lines += _engines_section(results)
+    lines += _servers_section(results)
     if "overload" in results:
         lines += _overload_section(results["overload"])
     lines += _stages_section(results)
@@ -375,7 +368,11 @@ def _plot_throughput(results: dict[str, Any], path: Path) -> None:
                 ax.plot(xs, ys, marker="o", label=server, color=COLORS[server])
         best = results.get("ceiling", {}).get("mixes", {}).get("mixed", {}).get("best_texts_per_s")
         if best:
-            ax.axhline(best, linestyle="--", color="gray", label="ceiling (in-process)")
+            ax.axhline(best, linestyle="--", color="gray", label="ceiling (in-process, torch)")
+        choice = results.get("ceiling_choice")
+        if choice and choice["engine"] != "torch":
+            label = f"near-lossless ceiling ({choice['engine']})"
+            ax.axhline(choice["best_texts_per_s"], linestyle=":", color="black", label=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks([1, 8, 32, 128], labels=["1", "8", "32", "128"])
         ax.set_xlabel("concurrent clients (closed loop)")

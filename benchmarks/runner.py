@@ -1,7 +1,7 @@
-"""The benchmark run: ceiling, then each server in turn, then the report.
+"""The benchmark run: ceilings, then each server variant in turn, then the report.
 
 Every server is started alone, health-checked, measured cell by cell and stopped before the next one starts, so no
-two of them share the CPU. The ceiling runs first, in a subprocess, with no server up.
+two of them share the CPU. The ceiling engines run first, each in a subprocess, with no server up.
 """
 
 from __future__ import annotations
@@ -9,13 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import math
 import multiprocessing
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -28,134 +26,19 @@ from typing import Any
 
 import psutil
 
-from benchmarks import report, servers, stages
+from benchmarks import references, report, servers, stages, variants
 from benchmarks.loadgen import LoadResult, LoadSpec, build_request, ping, run_worker
+from benchmarks.plan import FULL, QUICK, SEED, Cell, Profile, Workload, build_workload
 from benchmarks.stats import downsample, summarize
-from benchmarks.texts import LENGTH_MIXES, TokenCounter, make_texts, model_max_length
+from benchmarks.texts import LENGTH_MIXES, model_max_length
 
-SERVER_NAMES = ("embedserve", "naive", "infinity")
+SERVER_NAMES = tuple(v.name for v in variants.VARIANTS)
 ALL_PARTS = ("ceiling", *SERVER_NAMES)
-SEED = 20240611
-POOL_SIZE = 1024  # distinct texts per mix; 32-text requests take consecutive slices of them
-BATCH = 32  # texts in a "batch" request
 # One load worker process is enough below this rate; above it a second one shares the arrivals.
 RATE_PER_WORKER = 1500.0
 # Under overload embedserve admits up to --max-concurrent-requests inputs; the last of them may wait that many
 # forward passes, so their answers get more time than a normal cell's before they count as unfinished.
 OVERLOAD_GRACE_S = 20.0
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Durations and the cell matrix of a run mode."""
-
-    name: str
-    warmup_s: float
-    duration_s: float
-    grace_s: float
-    settle_s: float
-    # (mix, texts per request, concurrency) of the closed-loop cells, in run order.
-    closed: tuple[tuple[str, int, int], ...]
-    # Open loop (single text, mixed lengths): fractions of embedserve's closed-loop capacity, and fixed rates.
-    open_fractions: tuple[float, ...]
-    open_fixed: tuple[float, ...]
-    overload_s: float
-    ceiling_texts: dict[str, int]
-    direct_reps: int
-
-
-_SWEEP = tuple(("mixed", 1, c) for c in (1, 8, 32, 128))
-
-FULL = Profile(
-    name="full",
-    # Long enough for the slowest closed-loop cells (c=128, 32-text requests: over a second per request on 2 cores)
-    # to be past their first wave of requests when the window opens.
-    warmup_s=2.0,
-    duration_s=6.0,
-    grace_s=8.0,
-    settle_s=15.0,
-    closed=(
-        *_SWEEP,
-        ("short", 1, 1),
-        ("short", 1, 32),
-        ("long", 1, 32),
-        ("short", BATCH, 8),
-        ("mixed", BATCH, 1),
-        ("mixed", BATCH, 8),
-        ("long", BATCH, 1),
-    ),
-    open_fractions=(0.25, 0.5, 0.9),
-    open_fixed=(20.0, 60.0),
-    overload_s=60.0,  # long enough that a leak of a few MiB/s shows between the middle and last thirds
-    ceiling_texts={"short": 512, "mixed": 256, "long": 64},
-    direct_reps=50,
-)
-
-QUICK = Profile(
-    name="quick",
-    warmup_s=0.5,
-    duration_s=2.0,
-    grace_s=4.0,
-    settle_s=6.0,
-    closed=(*_SWEEP, ("short", 1, 1), ("mixed", BATCH, 1)),
-    open_fractions=(0.5, 0.9),
-    open_fixed=(20.0,),
-    overload_s=5.0,
-    ceiling_texts={"mixed": 128},
-    direct_reps=50,
-)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One measurement: a load shape against one server."""
-
-    mix: str
-    texts_per_request: int
-    concurrency: int = 0  # > 0: closed loop with this many users
-    rate: float = 0.0  # open loop: mean requests/s (Poisson)
-    rate_note: str = ""
-
-    @property
-    def mode(self) -> str:
-        """'closed' or 'open'."""
-        return "closed" if self.concurrency > 0 else "open"
-
-    @property
-    def label(self) -> str:
-        """Short human description."""
-        shape = "single" if self.texts_per_request == 1 else f"{self.texts_per_request}-text"
-        load = f"c={self.concurrency}" if self.concurrency else f"{self.rate:.1f} req/s ({self.rate_note})"
-        return f"{self.mode} {load} {shape} {self.mix}"
-
-
-@dataclass
-class Workload:
-    """The texts of every mix and their token counts (counted once, truncated to the model's maximum)."""
-
-    texts: dict[str, list[str]]
-    tokens: dict[str, list[int]]
-    untruncated: dict[str, list[int]]
-
-    def plan(self, mix: str, per_request: int) -> list[list[int]]:
-        """Text indices of each distinct request of a shape."""
-        count = len(self.texts[mix])
-        return [list(range(i, i + per_request)) for i in range(0, count - per_request + 1, per_request)]
-
-    def describe(self) -> dict[str, Any]:
-        """Per-mix word and token statistics for results.json."""
-        out: dict[str, Any] = {}
-        for mix, texts in self.texts.items():
-            words = [len(t.split()) for t in texts]
-            tokens = self.tokens[mix]
-            out[mix] = {
-                "texts": len(texts),
-                "words": [min(words), max(words)],
-                "tokens_mean": sum(tokens) / len(tokens),
-                "tokens": [min(tokens), max(tokens)],
-                "untruncated_tokens": [min(self.untruncated[mix]), max(self.untruncated[mix])],
-            }
-        return out
 
 
 @dataclass
@@ -169,6 +52,8 @@ class Options:
     embedserve_args: list[str]
     device: str = "auto"
     command: str = ""
+    ceiling_engines: tuple[str, ...] = variants.CEILING_ENGINES
+    infinity_flavor: str = variants.DEFAULT_INFINITY_OPTIMUM_FLAVOR
 
 
 @dataclass
@@ -179,6 +64,7 @@ class Run:
     profile: Profile
     workload: Workload
     pool: concurrent.futures.ProcessPoolExecutor
+    workdir: Path  # scratch for the run: the ceilings' inputs and outputs, the reference vectors
     began: float = field(default_factory=time.monotonic)
     results: dict[str, Any] = field(default_factory=dict)
     # embedserve's vector for the smoke inputs: every other server's is compared with it (cosine) as a sanity check.
@@ -209,18 +95,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def build_workload(model: Path, mixes: Sequence[str]) -> Workload:
-    """Generate the texts of each mix from the fixed seed and count their tokens."""
-    counter = TokenCounter(model_max_length(model), model / "tokenizer.json")
-    texts: dict[str, list[str]] = {}
-    tokens: dict[str, list[int]] = {}
-    untruncated: dict[str, list[int]] = {}
-    for mix in mixes:
-        texts[mix] = make_texts(mix, POOL_SIZE, SEED)
-        tokens[mix], untruncated[mix] = counter.count(texts[mix])
-    return Workload(texts, tokens, untruncated)
-
-
 def hardware() -> dict[str, Any]:
     """CPU model, cores and RAM of this machine."""
     cpu_model = platform.processor() or "unknown"
@@ -247,48 +121,11 @@ def _torch_facts() -> dict[str, Any]:
     return {"torch_version": version, "torch_threads": threads}
 
 
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def idle_check(seconds: float = 1.0) -> float:
     """CPU busy on the whole machine over a short wait, in percent of one core (before anything starts)."""
     began, busy = time.monotonic(), servers.system_busy_seconds()
     time.sleep(seconds)
     return 100.0 * (servers.system_busy_seconds() - busy) / (time.monotonic() - began)
-
-
-# --- ceiling ---------------------------------------------------------------------------------------------------
-
-
-def run_ceiling(run: Run) -> None:
-    """The in-process ceiling, in a subprocess with nothing else running."""
-    profile, workload = run.profile, run.workload
-    inputs = {
-        "mixes": {mix: workload.texts[mix][:n] for mix, n in profile.ceiling_texts.items()},
-        "direct_texts": workload.texts["short"][:50],
-        "direct_reps": profile.direct_reps,
-    }
-    with tempfile.TemporaryDirectory(prefix="embedserve-bench-") as tmp:
-        in_path, out_path = Path(tmp) / "in.json", Path(tmp) / "out.json"
-        in_path.write_text(json.dumps(inputs))
-        argv = [sys.executable, "-m", "benchmarks.ceiling", "--model", str(run.options.model)]
-        argv += ["--inputs", str(in_path), "--out", str(out_path), "--device", run.options.device]
-        began, system0, child0 = time.monotonic(), servers.system_busy_seconds(), _children_cpu_seconds()
-        subprocess.run(argv, check=True, env={**os.environ, **servers.SERVER_ENV}, cwd=servers.BENCH_DIR.parent)
-        wall = time.monotonic() - began
-        system, child = servers.system_busy_seconds() - system0, _children_cpu_seconds() - child0
-        ceiling = json.loads(out_path.read_text())
-    ceiling["wall_s"] = wall
-    # CPU that other processes used meanwhile (percent of one core): the ceiling is only as clean as this is low.
-    ceiling["other_cpu_pct"] = max(0.0, 100.0 * (system - child) / wall)
-    run.results["ceiling"] = ceiling
-    for mix, numbers in ceiling["mixes"].items():
-        run.progress(
-            f"ceiling {mix}: best {numbers['best_texts_per_s']:.1f} texts/s at batch {numbers['best_batch_size']}"
-        )
-    run.progress(f"ceiling direct forward (1 short input): p50 {ceiling['direct']['p50_ms']:.2f} ms")
 
 
 # --- servers ---------------------------------------------------------------------------------------------------
@@ -300,6 +137,7 @@ class Target:
 
     server: servers.RunningServer
     model_name: str
+    clip: bool = False  # send the clipped texts (Workload.clipped)
     cache: dict[tuple[str, int], tuple[list[bytes], list[int], list[int]]] = field(default_factory=dict)
 
     def requests(self, workload: Workload, mix: str, per_request: int) -> tuple[list[bytes], list[int], list[int]]:
@@ -307,7 +145,8 @@ class Target:
         key = (mix, per_request)
         if key not in self.cache:
             port = self.server.spec.port
-            texts, tokens = workload.texts[mix], workload.tokens[mix]
+            texts = workload.clipped[mix] if self.clip else workload.texts[mix]
+            tokens = workload.tokens[mix]
             bodies, n_texts, n_tokens = [], [], []
             for indices in workload.plan(mix, per_request):
                 body = json.dumps({"input": [texts[i] for i in indices], "model": self.model_name}).encode()
@@ -391,7 +230,7 @@ def run_cell(run: Run, target: Target, cell: Cell) -> dict[str, Any]:
     """Measure one cell and let the server go idle afterwards."""
     workers = 1 if cell.concurrency or cell.rate <= RATE_PER_WORKER else 2
     profile = run.profile
-    instrumented = target.server.spec.name == "embedserve"
+    instrumented = target.server.spec.kind == "embedserve"
     before = stages.scrape(servers.HOST, target.server.spec.port) if instrumented else {}
     load = _load(run, target, cell, (profile.warmup_s, profile.duration_s, profile.grace_s), workers)
     after = stages.scrape(servers.HOST, target.server.spec.port) if instrumented else {}
@@ -410,6 +249,9 @@ def run_cell(run: Run, target: Target, cell: Cell) -> dict[str, Any]:
         **load.cpu(),
         "peak_rss_mib": load.peak_rss / 2**20,
     }
+    if stats["requests_per_s"]:
+        # CPU seconds of the server's processes per request answered (psutil, the timed window).
+        record["server_cpu_ms_per_request"] = 10.0 * load.server_cpu_pct / stats["requests_per_s"]
     where = stages.breakdown(before, after, target.model_name) if instrumented else None
     if where is not None:
         # The client's mean latency (timed window) minus the server's (whole cell): HTTP framing, sockets, the
@@ -494,39 +336,35 @@ def run_overload(run: Run, target: Target, capacity: float) -> dict[str, Any]:
     return overload
 
 
-def _spec_for(name: str, options: Options, port: int) -> servers.ServerSpec:
-    if name == "embedserve":
-        return servers.embedserve_spec(options.model, port, options.embedserve_args)
-    if name == "naive":
-        return servers.naive_spec(options.model, port)
-    if not servers.infinity_installed():
-        sys.stdout.write(f"creating Infinity's venv in {servers.INFINITY_VENV} (once; about a minute)\n")
-        sys.stdout.flush()
-    servers.ensure_infinity()
-    return servers.infinity_spec(options.model, port)
+@contextlib.contextmanager
+def _spec_for(variant: variants.Variant, options: Options, port: int) -> Iterator[servers.ServerSpec]:
+    """How to launch a variant (with what it needs on disk for as long as it runs)."""
+    if variant.kind == "embedserve":
+        flags = [*variant.flags, *options.embedserve_args]
+        yield servers.embedserve_spec(options.model, port, flags, name=variant.name)
+    elif variant.kind == "naive":
+        yield servers.naive_spec(options.model, port)
+    elif variant.kind == "infinity":
+        servers.ensure_infinity("torch")
+        yield servers.infinity_spec(options.model, port)
+    else:
+        servers.ensure_infinity(options.infinity_flavor)
+        with variants.model_farm(options.model, variants.ensure_onnx(options.model)) as farm:
+            yield servers.infinity_optimum_spec(farm, port, options.infinity_flavor, name=variant.name)
 
 
-def _smoke(name: str, port: int) -> tuple[str, list[float]]:
+def _smoke(spec: servers.ServerSpec) -> tuple[str, list[float]]:
     """The served model name, after checking one real request returns two vectors."""
+    port = spec.port
     status, models = servers.http_json(port, "/v1/models")
     model_name = "bench"
-    if name == "infinity" and status == 200:
+    if spec.kind == "infinity" and status == 200:
         # Infinity names the model after the last two components of its path.
         model_name = models["data"][0]["id"]
     status, body = servers.http_json(port, "/v1/embeddings", {"input": ["hello world", "a b c"], "model": model_name})
     if status != 200 or len(body.get("data", [])) != 2:
-        raise servers.ServerError(f"{name}: smoke request got {status}: {str(body)[:300]}")
+        raise servers.ServerError(f"{spec.name}: smoke request got {status}: {str(body)[:300]}")
     return model_name, body["data"][0]["embedding"]
-
-
-def _server_version(name: str) -> str:
-    if name == "infinity":
-        python = servers.INFINITY_VENV / "bin" / "python"
-        code = "import importlib.metadata as m;print(m.version('infinity-emb'))"
-        version = subprocess.run([str(python), "-c", code], capture_output=True, text=True).stdout.strip()
-        return f"infinity-emb {version}"
-    package = "embedserve" if name == "embedserve" else "sentence-transformers"
-    return f"{package} {importlib.metadata.version(package)}"
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -535,28 +373,40 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def run_server(run: Run, name: str) -> None:
-    """Start one server, run its cells (plus the overload phase for embedserve), stop it."""
-    spec = _spec_for(name, run.options, servers.free_port())
+    """Start one server variant, run its cells (plus the overload phase where asked), stop it."""
+    variant = variants.BY_NAME[name]
     log = run.options.out / "server-logs.tmp" / f"{name}.log"
-    entry: dict[str, Any] = {"argv": spec.argv, "version": _server_version(name)}
-    run.results["servers"][name] = entry
-    with servers.running(spec, log) as server:
+    with _spec_for(variant, run.options, servers.free_port()) as spec, servers.running(spec, log) as server:
+        entry: dict[str, Any] = {
+            "description": variant.description,
+            "argv": spec.argv,
+            "version": variants.server_version(variant, run.options.infinity_flavor),
+        }
+        if variant.kind == "infinity-optimum":
+            entry["infinity_flavor"] = run.options.infinity_flavor
+        if variant.clip_to_max_length:
+            entry["inputs_clipped_to_max_length"] = True
+        run.results["servers"][name] = entry
         entry["startup_s"] = server.started_s
         entry["idle_rss_mib"] = server.rss() / 2**20
-        model_name, vector = _smoke(name, spec.port)
+        model_name, vector = _smoke(spec)
         entry["served_model"], entry["dims"] = model_name, len(vector)
-        if name == "embedserve":
+        if run.reference_vector is None and spec.kind == "embedserve":
             run.reference_vector = vector
         reference = run.reference_vector
         entry["smoke_cosine_vs_embedserve"] = _cosine(vector, reference) if reference else None
-        run.progress(f"{name} up in {server.started_s:.1f} s (model {model_name!r}, {len(vector)} dims)")
-        target = Target(server, model_name)
+        # Against torch float32 in-process, on the ceiling's mixed texts (all under the maximum length).
+        entry["agreement"] = references.server_agreement(run, spec.port, model_name)
+        cosine = references.cosine_note(entry["agreement"])
+        run.progress(f"{name} up in {server.started_s:.1f} s (model {model_name!r}, {len(vector)} dims{cosine})")
+        target = Target(server, model_name, clip=variant.clip_to_max_length)
         cells = [run_cell(run, target, Cell(m, n, concurrency=c)) for m, n, c in run.profile.closed]
         entry["cells"] = cells
         capacity = run.results.get("capacity_rps") or capacity_of(cells)
         run.results.setdefault("capacity_rps", capacity)
-        entry["cells"] += [run_cell(run, target, cell) for cell in _open_cells(run, capacity)]
-        if name == "embedserve":
+        if not variant.closed_only:
+            entry["cells"] += [run_cell(run, target, cell) for cell in _open_cells(run, capacity)]
+        if variant.overload:
             run.results["overload"] = run_overload(run, target, capacity)
     run.save()
 
@@ -588,8 +438,8 @@ def execute(options: Options) -> Path:
         {m for m, _, _ in profile.closed} | set(profile.ceiling_texts) | {"short"}, key=list(LENGTH_MIXES).index
     )
     workload = build_workload(options.model, mixes)
-    with _worker_pool() as pool:
-        run = Run(options, profile, workload, pool)
+    with _worker_pool() as pool, tempfile.TemporaryDirectory(prefix="embedserve-bench-") as workdir:
+        run = Run(options, profile, workload, pool, Path(workdir))
         run.results = _header(options, profile, workload)
         run.progress(f"{profile.name} run, model {options.model}, parts {', '.join(options.only)}")
         busy = idle_check()
@@ -618,9 +468,14 @@ def _run_part(run: Run, part: str) -> None:
     # One failing part (a baseline that will not start) is recorded and the run goes on with the others.
     try:
         if part == "ceiling":
-            run_ceiling(run)
+            references.run_ceilings(run)
         else:
             run_server(run, part)
+    except servers.UsageError as exc:
+        # A flag the server does not have yet: not a failure of the run, a variant that cannot be measured today.
+        run.results["servers"].pop(part, None)
+        run.results.setdefault("skipped", {})[part] = str(exc)
+        run.progress(f"{part} SKIPPED: {exc}")
     except (servers.ServerError, subprocess.CalledProcessError, OSError, KeyError, ValueError) as exc:
         run.results.setdefault("failures", {})[part] = f"{type(exc).__name__}: {exc}"
         run.progress(f"{part} FAILED: {exc}")
@@ -635,6 +490,8 @@ def _header(options: Options, profile: Profile, workload: Workload) -> dict[str,
         "max_length": model_max_length(options.model),
         "embedserve_args": shlex.join(options.embedserve_args),
         "parts": list(options.only),
+        "ceiling_engines": list(options.ceiling_engines),
+        "infinity_optimum_flavor": options.infinity_flavor,
         "hardware": hardware(),
         "profile": {
             "warmup_s": profile.warmup_s,
