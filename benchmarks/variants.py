@@ -41,7 +41,14 @@ class Variant:
 
 VARIANTS = (
     Variant("embedserve", "embedserve", "default flags (--engine auto)", overload=True),
-    Variant("embedserve-torch", "embedserve", "--engine torch", flags=("--engine", "torch"), closed_only=True),
+    # torch in float32, what embedserve ran before the CPU engines: the earlier targets and the int8 comparison.
+    Variant(
+        "embedserve-torch",
+        "embedserve",
+        "--engine torch --dtype float32",
+        flags=("--engine", "torch", "--dtype", "float32"),
+        closed_only=True,
+    ),
     Variant("embedserve-int8", "embedserve", "--quantize int8", flags=("--quantize", "int8"), closed_only=True),
     Variant("naive", "naive", "sentence-transformers encode behind Starlette"),
     Variant("infinity", "infinity", "Infinity, torch engine"),
