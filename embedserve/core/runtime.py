@@ -91,8 +91,9 @@ class RunResult(Generic[Row]):
     batch_links: tuple[Any, ...] = ()
 
 
-Encoder = Callable[[TokenizerPool], Awaitable[Encoded]]
-"""Tokenizes a request on the pool: token ids per input, with token type ids for text pairs."""
+Encoder = Callable[[TokenizerPool, bool], Awaitable[Encoded]]
+"""Tokenizes a request on the pool: token ids per input, with token type ids for text pairs. The flag allows a small
+request to be tokenized inline (see :data:`~embedserve.core.tokenization.INLINE_CHARACTERS`)."""
 
 
 class ModelRuntime:
@@ -126,6 +127,7 @@ class ModelRuntime:
             self.batch_overhead_tokens = await backend.call(model.warmup, self.spec.max_batch_tokens)
             assert self._tokenizers is not None
             await asyncio.to_thread(self._tokenizers.warm)
+            self._tokenizers.warm_inline()
         except BaseException as exc:
             backend.stop(0)
             self.state = State.FAILED
@@ -252,7 +254,8 @@ class ModelRuntime:
             )
         t0 = time.perf_counter()
         try:
-            encoded = await encode(self._tokenizers)
+            # Alone in flight, a small request is tokenized inline: nothing else needs the loop meanwhile.
+            encoded = await encode(self._tokenizers, self.admission.in_use == n)
             job = Job(asyncio.get_running_loop(), n, request_id)
             queue.put(job, encoded.ids, encoded.type_ids)
             try:

@@ -71,8 +71,8 @@ async def embed(
     texts = runtime.texts(inputs, prompt_name)
     cut = runtime.truncate(truncate)
 
-    async def encode(pool: TokenizerPool) -> Encoded:
-        return await pool.encode(texts, truncate=cut, direction=direction, param=param)
+    async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
+        return await pool.encode(texts, truncate=cut, direction=direction, param=param, inline=inline)
 
     run: RunResult[np.ndarray] = await runtime.run(len(texts), encode, request_id)
     vectors = _postprocess(np.stack(run.rows), dimensions, normalize)
@@ -106,8 +106,8 @@ async def embed_sparse(
     texts = runtime.texts(inputs, prompt_name)
     cut = runtime.truncate(truncate)
 
-    async def encode(pool: TokenizerPool) -> Encoded:
-        return await pool.encode(texts, truncate=cut, direction=direction, param=param)
+    async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
+        return await pool.encode(texts, truncate=cut, direction=direction, param=param, inline=inline)
 
     run: RunResult[tuple[np.ndarray, np.ndarray]] = await runtime.run(len(texts), encode, request_id)
     rows = [_top(indices, values, top_k) for indices, values in run.rows]
@@ -141,8 +141,8 @@ async def score(
     runtime.check_batch_size(len(pairs), param)
     cut = runtime.truncate(truncate)
 
-    async def encode(pool: TokenizerPool) -> Encoded:
-        return await pool.encode_pairs(pairs, truncate=cut, direction=direction, param=param)
+    async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
+        return await pool.encode_pairs(pairs, truncate=cut, direction=direction, param=param, inline=inline)
 
     run: RunResult[np.ndarray] = await runtime.run(len(pairs), encode, request_id)
     logits = np.stack(run.rows).astype(np.float32)
