@@ -51,6 +51,10 @@ def compile_graph(graph: Graph, precision: str, threads: int) -> Any:
         "NUM_STREAMS": 1,
         "PERFORMANCE_HINT": "LATENCY",
         "CACHE_DIR": str(graph.cache.dir / "openvino"),
+        # Kernels compiled per input shape are kept in a cache of 5000 by default, and dynamic batching makes a new
+        # shape of nearly every batch: under sustained varied traffic RSS grew 574 -> 1064 MiB in 36 s and kept
+        # growing; with 64 it levelled off at 780 MiB, at the same throughput.
+        "CPU_RUNTIME_CACHE_CAPACITY": 64,
     }
     return core.compile_model(str(graph.path), "CPU", config)
 
