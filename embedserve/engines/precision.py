@@ -36,9 +36,13 @@ def wants_bf16(requested: str, kind: str) -> bool:
 def cached_agreement(
     cache: ArtifactCache, *, engine: str, form: str, library: str, reference: Run, candidate: Run,
     desc: ModelDescription, switch: Callable[[], None] = lambda: None,
-) -> Agreement:  # fmt: skip
-    """``form``'s agreement with float32 for this model on this engine: from the cache, or measured now. Either way
+) -> Agreement | None:  # fmt: skip
+    """``form``'s agreement with float32 for this model on this engine: from the cache, or measured now; None for a
+    scoring model, whose scores have no cosine (served in ``form`` only when asked for explicitly). Either way
     ``switch`` has been called once when it returns (see :func:`~embedserve.engines.agreement.measure`)."""
+    if desc.kind not in VECTOR_KINDS:
+        switch()
+        return None
     name = f"agreement-{engine}-{form}.json"
     stamp = {"library": library, "cpu": cpu_name(), "texts": agreement.TEXT_COUNT}
     saved = cache.read_json(name)
@@ -63,9 +67,9 @@ def _text(found: Agreement) -> str:
     return f"mean cosine {found.mean_cosine:.6f}, min {found.min_cosine:.6f} over {found.texts} texts"
 
 
-def pick_bf16(requested: str, measured: Agreement) -> bool:
+def pick_bf16(requested: str, measured: Agreement | None) -> bool:
     """Keep bfloat16? Always when asked for explicitly; with auto only when it agrees closely enough."""
-    if requested == "bfloat16":
+    if requested == "bfloat16" or measured is None:
         return True
     keep = measured.mean_cosine >= agreement.AUTO_THRESHOLD
     if not keep:

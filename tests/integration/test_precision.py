@@ -44,6 +44,15 @@ def test_dtype_auto_keeps_scoring_models_in_float32(reranker_path):
     assert info["engine"]["agreement"] is None
 
 
+def test_explicit_bfloat16_serves_a_reranker_without_a_cosine_to_report(reranker_path):
+    with run_server(model_settings(reranker_path, engine="openvino", dtype="bfloat16")) as server, server.client() as c:
+        info = c.get("/info").json()
+        scores = c.post("/rerank", json={"query": "q", "texts": ["a", "b"]}).json()
+    assert info["model_dtype"] == "bfloat16"
+    assert info["engine"]["agreement"] is None
+    assert all(0.0 <= item["score"] <= 1.0 for item in scores)
+
+
 @pytest.mark.parametrize("engine", ["openvino", "torch"])
 def test_explicit_bfloat16_reports_its_agreement(splade_path, engine):
     with run_server(model_settings(splade_path, engine=engine, dtype="bfloat16")) as server, server.client() as c:
