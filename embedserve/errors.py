@@ -160,6 +160,17 @@ class UnhealthyError(EmbedServeError):
     reason = "unavailable"
 
 
+class DeadlineExceededError(EmbedServeError):
+    """The client's deadline (``X-Request-Timeout-Ms`` or ``grpc-timeout``) passed, or is predicted to pass, before
+    its inputs could be computed; nothing more is computed for it."""
+
+    status = 504
+    error_type = "DeadlineExceeded"
+    openai_type = "timeout_error"
+    code = "deadline_exceeded"
+    reason = "deadline"
+
+
 class BackendError(EmbedServeError):
     """Inference failed. The message is generic; the details are in the server log under the request id."""
 

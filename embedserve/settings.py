@@ -123,6 +123,17 @@ class ModelSettings:
             "not busy; lower it to bound memory and queueing latency."
         ),
     )
+    max_queue_time: float = field(
+        default=1.0,
+        metadata=opt(
+            "Longest predicted wait, in seconds, before a request's first forward pass. Admission predicts the wait "
+            "from the tokens already admitted and the tokens per second the model has been measured to compute; a "
+            "request that would wait longer gets 429 at once, with Retry-After from the predicted drain time. The "
+            "default of 1 s keeps a search box responsive: past about a second a user notices, and a fast 429 lets "
+            "the client retry elsewhere instead of queueing. Raise it for batch jobs; 0 turns the prediction off "
+            "(only --max-concurrent-requests bounds the queue)."
+        ),
+    )
     max_batch_tokens: int = field(
         default=16384,
         metadata=opt(
@@ -189,6 +200,8 @@ class ModelSettings:
         """Reject values and combinations that cannot work, naming the flag to change."""
         positive("max_concurrent_requests", self.max_concurrent_requests)
         positive("max_batch_tokens", self.max_batch_tokens)
+        if self.max_queue_time < 0:
+            raise SettingsError(f"--max-queue-time must be 0 (off) or positive, got {self.max_queue_time}")
         positive("max_client_batch_size", self.max_client_batch_size)
         if self.max_batch_requests is not None:
             positive("max_batch_requests", self.max_batch_requests)
