@@ -1,8 +1,9 @@
 """Every setting, defined once.
 
 Frozen dataclasses hold the configuration: :class:`ModelSettings` (one per served model, in
-:mod:`embedserve.model_settings`) and :class:`Settings` (the server, its edge, plus its models). Each field carries its help text and the environment variables it may be read from in
-``field(metadata=...)``; :mod:`embedserve.cli` builds the command line from these fields, so a flag, its env var and
+:mod:`embedserve.model_settings`) and :class:`Settings` (the server, its edge, plus its models). Each field carries
+its help text and the environment variables it may be read from in ``field(metadata=...)``; :mod:`embedserve.cli`
+builds the command line from these fields, so a flag, its env var and
 its documentation can never drift apart. Nothing here reads the environment at import time.
 """
 
