@@ -84,9 +84,12 @@ class RunningServer:
 
 def model_settings(path: Path, **overrides: object) -> ModelSettings:
     """Model settings for a local model with test-friendly defaults: float32, so that vectors can be compared with
-    the float32 references exactly (reduced precisions have tests of their own), and the session's engine cache."""
+    the float32 references exactly (reduced precisions have tests of their own), the session's engine cache, and a
+    --max-queue-time long enough that a burst of test requests on a busy CI box is never refused by the predicted
+    wait (admission has tests of its own)."""
     values: dict[str, object] = {"model_id": str(path), "served_model_name": "minilm", "tokenization_workers": 2,
-                                 "dtype": "float32", "engine_cache_dir": str(ENGINE_CACHE)}  # fmt: skip
+                                 "dtype": "float32", "engine_cache_dir": str(ENGINE_CACHE),
+                                 "max_queue_time": 30.0}  # fmt: skip
     values.update(overrides)
     return ModelSettings(**values)  # type: ignore[arg-type]
 

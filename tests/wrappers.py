@@ -9,6 +9,7 @@ from typing import Any
 
 from embedserve.core.registry import default_loader
 from embedserve.engines.base import InferenceModel, ModelInfo
+from embedserve.engines.warmup import ForwardCost
 from embedserve.settings import ModelSettings
 
 
@@ -31,7 +32,7 @@ class Delegating:
     def finish(self, launched: Any) -> Any:
         return self.inner.finish(launched)
 
-    def warmup(self, max_batch_tokens: int) -> float:
+    def warmup(self, max_batch_tokens: int) -> ForwardCost:
         return self.inner.warmup(max_batch_tokens)
 
 

@@ -104,6 +104,7 @@ class BackendThread:
                 self._failed(batch, exc)
                 continue
             batch.t_end = time.perf_counter()
+            queue.done(batch)
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch.entries))
             if self._on_batch is not None:
@@ -126,8 +127,9 @@ class BackendThread:
             self._failed(batch, exc)
             return None
 
-    @staticmethod
-    def _failed(batch: Batch, exc: Exception) -> None:
+    def _failed(self, batch: Batch, exc: Exception) -> None:
+        if self._queue is not None:
+            self._queue.done(batch)
         request_ids = sorted({entry.job.request_id for entry in batch.entries})
         log.error(
             "forward pass failed for a batch of %d inputs (requests %s)",

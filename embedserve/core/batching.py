@@ -1,12 +1,16 @@
-"""Admission, queue entries, batch packing and the hand-off to the backend thread.
+"""Queue entries, batch packing and the hand-off to the backend thread (admission is in
+:mod:`embedserve.core.admission`).
 
 Ownership and threads:
 
-* :class:`Admission` and :class:`Job` live on the event loop and are only touched there.
+* :class:`Job` lives on the event loop and is only touched there (its deadline is read by the packer).
 * :class:`BatchQueue` is the one structure shared with the backend thread. The loop appends entries under its lock;
   the backend thread takes a packed :class:`Batch` under the same lock at the moment it is ready for one, so a batch
   holds everything that arrived while the previous forward pass ran (continuous batching, no wait timer, no polling).
 * Results go back to the loop with ``call_soon_threadsafe``: one callback per batch, never a future per input.
+* The queue counts the real tokens it holds and the tokens of the batch running, for admission's predicted wait.
+* An input whose job's deadline passed while it waited is never computed: the packer drops it and fails its job
+  with :class:`~embedserve.errors.DeadlineExceededError`.
 """
 
 from __future__ import annotations
@@ -14,43 +18,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 from typing import Any
 
-from embedserve.errors import UnhealthyError
+from embedserve.errors import DeadlineExceededError, UnhealthyError
 
 PACK_WINDOW = 1024
 """Most queued entries the packer looks at (oldest first). Bounds its cost when the admission bound is huge."""
-
-
-class Admission:
-    """Slots for inputs in flight (queued or running). Event-loop only, so no lock."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.in_use = 0
-        self._idle: asyncio.Event | None = None
-
-    def try_acquire(self, n: int) -> bool:
-        """Take ``n`` slots if all are free; never waits."""
-        if self.in_use + n > self.capacity:
-            return False
-        self.in_use += n
-        return True
-
-    def release(self, n: int) -> None:
-        """Give back ``n`` slots taken by :meth:`try_acquire`."""
-        self.in_use -= n
-        if self.in_use == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no slot is taken (used to drain)."""
-        if self.in_use == 0:
-            return
-        self._idle = asyncio.Event()
-        await self._idle.wait()
 
 
 class Job:
@@ -59,6 +34,7 @@ class Job:
     __slots__ = (
         "_last_batch",
         "batch_links",
+        "deadline",
         "future",
         "inference_seconds",
         "remaining",
@@ -69,8 +45,12 @@ class Job:
         "t_last_end",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, request_id: str = "") -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, size: int, request_id: str = "", deadline: float | None = None
+    ) -> None:
         self.future: asyncio.Future[None] = loop.create_future()
+        self.deadline = deadline
+        """``time.perf_counter()`` after which the client no longer wants the result (None: no deadline)."""
         self.rows: list[Any] = [None] * size
         self.remaining = size
         self.request_id = request_id
@@ -230,9 +210,16 @@ class BatchQueue:
         self._cond = threading.Condition()
         self._pending: list[Entry] = []
         self._closed = False
+        self._queued_tokens = 0
+        self._running_tokens = 0
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    @property
+    def tokens_ahead(self) -> int:
+        """Real tokens queued plus those of the batch being computed: the work a new request waits behind."""
+        return self._queued_tokens + self._running_tokens
 
     def put(self, job: Job, token_ids: list[list[int]], type_ids: list[list[int]] | None = None) -> None:
         """Queue every input of ``job``. Loop side. Raises UnhealthyError once the queue is closed."""
@@ -246,20 +233,38 @@ class BatchQueue:
             if self._closed:
                 raise UnhealthyError("the model is shutting down")
             self._pending.extend(entries)
+            self._queued_tokens += sum(len(entry.ids) for entry in entries)
             self._cond.notify()
 
     def discard(self, job: Job) -> None:
         """Drop the still-queued inputs of a job whose client went away. Loop side."""
         with self._cond:
-            self._pending = [entry for entry in self._pending if entry.job is not job]
+            self._keep(lambda entry: entry.job is not job)
+
+    def _keep(self, wanted: Callable[[Entry], bool]) -> list[Entry]:
+        """Keep the pending entries ``wanted`` accepts; returns the others. Under the lock."""
+        kept: list[Entry] = []
+        dropped: list[Entry] = []
+        for entry in self._pending:
+            (kept if wanted(entry) else dropped).append(entry)
+        self._pending = kept
+        self._queued_tokens -= sum(len(entry.ids) for entry in dropped)
+        return dropped
+
+    def done(self, batch: Batch) -> None:
+        """A batch from :meth:`take` has been computed (or failed): its tokens are no longer ahead. Backend side."""
+        with self._cond:
+            self._running_tokens = max(0, self._running_tokens - batch.real_tokens)
 
     def take(self, *, block: bool) -> Batch | None:
         """The next packed batch. Backend side. Returns None when closed (or, with ``block=False``, when empty)."""
         with self._cond:
             while True:
                 if self._pending and self._pending[0].job.cancelled:
-                    self._pending = [entry for entry in self._pending if not entry.job.cancelled]
+                    self._keep(lambda entry: not entry.job.cancelled)
                     continue
+                if self._pending:
+                    self._drop_expired()
                 if self._pending:
                     break
                 if self._closed or not block:
@@ -271,13 +276,25 @@ class BatchQueue:
             picked = set(chosen)
             entries = [window[i] for i in chosen]
             self._pending = [entry for i, entry in enumerate(window) if i not in picked] + self._pending[PACK_WINDOW:]
+            taken = sum(lengths[i] for i in chosen)
+            self._queued_tokens -= taken
+            self._running_tokens += taken
         return Batch(entries, self._loop)
+
+    def _drop_expired(self) -> None:
+        """Fail the jobs whose deadline passed while their inputs waited; their inputs are never computed."""
+        now = time.perf_counter()
+        expired = self._keep(lambda entry: entry.job.deadline is None or entry.job.deadline > now)
+        if expired:
+            jobs = {id(entry.job): entry.job for entry in expired}
+            self._loop.call_soon_threadsafe(_expire, list(jobs.values()))
 
     def close(self) -> list[Entry]:
         """Stop handing out batches; returns what was still queued so the caller can fail it."""
         with self._cond:
             self._closed = True
             left, self._pending = self._pending, []
+            self._queued_tokens = 0
             self._cond.notify_all()
         return left
 
@@ -286,3 +303,10 @@ class BatchQueue:
         left = self.close()
         if left:
             Batch(left, self._loop).fail(exc)
+
+
+def _expire(jobs: list[Job]) -> None:
+    for job in jobs:
+        waited = time.perf_counter() - job.t_enqueued
+        job.fail(DeadlineExceededError(f"the request's deadline passed after {waited * 1000:.0f} ms in the queue; "
+                                       "nothing was computed for it"))  # fmt: skip

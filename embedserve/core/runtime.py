@@ -1,9 +1,10 @@
 """One served model: its tokenizer pool, admission, queue and backend thread, and the pipeline they form.
 
-The pipeline is the same for every capability: check that the model can do it and the request's limits, take
-admission slots (or fail with 429 at once, before any tokenizing), tokenize on the pool, queue, await the batch
-results. :mod:`embedserve.core.tasks` adds what each capability computes on top (``dimensions``, normalization,
-``top_k``, activations). Core layer: no starlette, no torch, no URLs.
+The pipeline is the same for every capability: check that the model can do it and the request's limits, pass
+admission (slots and predicted wait, see :mod:`embedserve.core.admission`; or fail with 429 at once, before any
+tokenizing), tokenize on the pool, queue, await the batch results. :mod:`embedserve.core.tasks` adds what each
+capability computes on top (``dimensions``, normalization, ``top_k``, activations). Core layer: no starlette, no
+torch, no URLs.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from embedserve.core.admission import Admission, Throughput
 from embedserve.core.backend import BackendThread
-from embedserve.core.batching import Admission, Batch, BatchQueue, Job
+from embedserve.core.batching import Batch, BatchQueue, Job
 from embedserve.core.capabilities import KIND_CAPABILITIES, Capability
 from embedserve.core.tokenization import Encoded, TokenizerPool
 from embedserve.engines.base import InferenceModel, ModelInfo
@@ -27,7 +29,6 @@ from embedserve.errors import (
     CapabilityError,
     EmbedServeError,
     ModelLoadError,
-    OverloadedError,
     UnhealthyError,
     ValidationError,
 )
@@ -105,7 +106,7 @@ class ModelRuntime:
         self.state = State.LOADING
         self.error: str | None = None
         self.info: ModelInfo | None = None
-        self.admission = Admission(spec.max_concurrent_requests)
+        self.admission = Admission(spec.max_concurrent_requests, spec.max_queue_time)
         self.loaded_in: float | None = None
         self.batch_overhead_tokens = 0.0
         self._loader = loader
@@ -124,7 +125,9 @@ class ModelRuntime:
         try:
             info, model = await backend.call(self._loader, self.spec)
             self._configure(info)
-            self.batch_overhead_tokens = await backend.call(model.warmup, self.spec.max_batch_tokens)
+            cost = await backend.call(model.warmup, self.spec.max_batch_tokens)
+            self.batch_overhead_tokens = cost.overhead_tokens
+            self.admission.throughput = Throughput(cost.tokens_per_second)
             assert self._tokenizers is not None
             await asyncio.to_thread(self._tokenizers.warm)
             self._tokenizers.warm_inline()
@@ -140,7 +143,7 @@ class ModelRuntime:
             overhead_tokens=self.batch_overhead_tokens,
         )
         self._backend = backend
-        backend.serve(model, self._queue, None if on_batch is None else functools.partial(on_batch, self.name))
+        backend.serve(model, self._queue, functools.partial(self._observe, on_batch))
         self.info = info
         self.loaded_in = time.perf_counter() - t0
         self.state = State.READY
@@ -151,6 +154,12 @@ class ModelRuntime:
             f", {info.quantize}" if info.quantize else "", info.pooling, info.dim, self._max_input_length,
             self.batch_overhead_tokens,
         )  # fmt: skip
+
+    def _observe(self, on_batch: Callable[[str, Batch], None] | None, batch: Batch) -> None:
+        """After each forward pass, on the backend thread: the measured speed, then the caller's observer."""
+        self.admission.throughput.observe(batch.real_tokens, batch.t_end - batch.t_start)
+        if on_batch is not None:
+            on_batch(self.name, batch)
 
     def _configure(self, info: ModelInfo) -> None:
         spec = self.spec
@@ -240,23 +249,33 @@ class ModelRuntime:
         texts = inputs if prompt is None else [prompt + text for text in inputs]
         return [text.lower() for text in texts] if info.lowercase else texts
 
-    async def run(self, n: int, encode: Encoder, request_id: str = "") -> RunResult[Any]:
-        """The pipeline: admission (429 at once when full), tokenization on the pool, the queue, the batches.
+    async def run(
+        self, characters: Sequence[int], encode: Encoder, request_id: str = "", deadline: float | None = None
+    ) -> RunResult[Any]:
+        """The pipeline: admission (429 at once when full or when the predicted wait is too long), tokenization on
+        the pool, the queue, the batches. ``characters`` has one count per input (what admission estimates its
+        tokens from); ``deadline`` is a ``time.perf_counter()`` time after which the client no longer wants the
+        answer (504 at once when the predicted wait is longer; dropped from the queue once it passes).
 
         The rows are whatever the model yields per input; callers annotate the ``RunResult`` with the row type their
         capability produces."""
         _, queue, _ = self._ready()
         assert self._tokenizers is not None
-        if not self.admission.try_acquire(n):
-            raise OverloadedError(
-                f"model {self.name!r} is overloaded: all {self.admission.capacity} input slots are taken; retry soon",
-                headers={"Retry-After": "1"},
-            )
+        n = len(characters)
+        admission = self.admission
+        estimate = admission.estimate(characters, self._max_input_length)
         t0 = time.perf_counter()
+        admission.admit(
+            n, estimate, queue.tokens_ahead, deadline_in=None if deadline is None else deadline - t0, name=self.name
+        )
         try:
-            # Alone in flight, a small request is tokenized inline: nothing else needs the loop meanwhile.
-            encoded = await encode(self._tokenizers, self.admission.in_use == n)
-            job = Job(asyncio.get_running_loop(), n, request_id)
+            try:
+                # Alone in flight, a small request is tokenized inline: nothing else needs the loop meanwhile.
+                encoded = await encode(self._tokenizers, admission.in_use == n)
+            finally:
+                admission.tokenized(estimate)
+            admission.learn(sum(characters), encoded.tokens)
+            job = Job(asyncio.get_running_loop(), n, request_id, deadline)
             queue.put(job, encoded.ids, encoded.type_ids)
             try:
                 await job.future
@@ -264,11 +283,12 @@ class ModelRuntime:
                 queue.discard(job)  # the client left: its inputs still queued are never computed
                 raise
             except EmbedServeError:
+                queue.discard(job)  # e.g. its deadline passed: inputs of it still queued are not computed either
                 raise
             except Exception as exc:
                 raise BackendError(f"inference failed (request id {request_id or 'unknown'})") from exc
         finally:
-            self.admission.release(n)
+            admission.release(n)
         t_end = time.perf_counter()
         timings = Timings(
             started=t0,

@@ -60,8 +60,10 @@ async def embed(
     prompt_name: str | None,
     param: str = "inputs",
     request_id: str = "",
+    deadline: float | None = None,
 ) -> EmbedResult:
-    """Dense embeddings (:attr:`Capability.EMBED`). ``param`` names the inputs in error messages."""
+    """Dense embeddings (:attr:`Capability.EMBED`). ``param`` names the inputs in error messages; ``deadline``
+    (``time.perf_counter()`` time) is when the client stops wanting the answer."""
     _, info = runtime.require(Capability.EMBED)
     runtime.check_batch_size(len(inputs), param)
     if dimensions is not None and dimensions > info.dim:
@@ -74,7 +76,7 @@ async def embed(
     async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
         return await pool.encode(texts, truncate=cut, direction=direction, param=param, inline=inline)
 
-    run: RunResult[np.ndarray] = await runtime.run(len(texts), encode, request_id)
+    run: RunResult[np.ndarray] = await runtime.run(list(map(len, texts)), encode, request_id, deadline)
     vectors = _postprocess(np.stack(run.rows), dimensions, normalize)
     return EmbedResult(vectors, run.tokens, run.timings, run.batch_links)
 
@@ -99,6 +101,7 @@ async def embed_sparse(
     top_k: int | None,
     param: str = "inputs",
     request_id: str = "",
+    deadline: float | None = None,
 ) -> SparseResult:
     """SPLADE vectors (:attr:`Capability.SPARSE`); ``top_k`` keeps the heaviest terms."""
     runtime.require(Capability.SPARSE)
@@ -109,7 +112,9 @@ async def embed_sparse(
     async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
         return await pool.encode(texts, truncate=cut, direction=direction, param=param, inline=inline)
 
-    run: RunResult[tuple[np.ndarray, np.ndarray]] = await runtime.run(len(texts), encode, request_id)
+    run: RunResult[tuple[np.ndarray, np.ndarray]] = await runtime.run(
+        list(map(len, texts)), encode, request_id, deadline
+    )
     rows = [_top(indices, values, top_k) for indices, values in run.rows]
     return SparseResult(rows, run.tokens, run.timings, run.batch_links)
 
@@ -131,6 +136,7 @@ async def score(
     raw: bool,
     param: str,
     request_id: str = "",
+    deadline: float | None = None,
 ) -> ScoreResult:
     """Scores of (query, document) pairs (:attr:`Capability.RERANK`) or of single texts and pairs
     (:attr:`Capability.CLASSIFY`).
@@ -144,7 +150,8 @@ async def score(
     async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
         return await pool.encode_pairs(pairs, truncate=cut, direction=direction, param=param, inline=inline)
 
-    run: RunResult[np.ndarray] = await runtime.run(len(pairs), encode, request_id)
+    characters = [len(first) + len(second or "") for first, second in pairs]
+    run: RunResult[np.ndarray] = await runtime.run(characters, encode, request_id, deadline)
     logits = np.stack(run.rows).astype(np.float32)
     activation = "none" if raw else info.activation
     if activation == "auto":

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from embedserve.engines.describe import ModelDescription
-from embedserve.engines.warmup import fixed_cost_tokens
+from embedserve.engines.warmup import ForwardCost, forward_cost
 
 SPARSE_LOGITS_BUDGET = 64 * 2**20
 """Most masked-LM logits (inputs x tokens x vocabulary) a SPLADE forward pass materializes at once, in any engine:
@@ -91,9 +91,9 @@ class ArrayRunner:
             return out
         return pool(out, self.pooling, prepared.mask, prepared.lengths)
 
-    def warmup(self, max_batch_tokens: int) -> float:
-        """The fixed cost of a forward pass in padded tokens (see :mod:`embedserve.engines.warmup`)."""
-        return fixed_cost_tokens(
+    def warmup(self, max_batch_tokens: int) -> ForwardCost:
+        """The cost of a forward pass (see :mod:`embedserve.engines.warmup`)."""
+        return forward_cost(
             self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=False
         )
 

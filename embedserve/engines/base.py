@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from embedserve.engines.warmup import ForwardCost
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -70,6 +72,7 @@ class InferenceModel(Protocol):
     def finish(self, launched: Any) -> Iterable[Any]:
         """Wait for a launched batch; one host-side result per input, in batch order."""
 
-    def warmup(self, max_batch_tokens: int) -> float:
-        """Run representative batches so slow first calls and out-of-memory show at start-up. Returns the fixed cost
-        of one forward pass expressed in padded tokens (what the packer weighs batch count against padding with)."""
+    def warmup(self, max_batch_tokens: int) -> ForwardCost:
+        """Run representative batches so slow first calls and out-of-memory show at start-up. Returns the cost of a
+        forward pass: its fixed part (what the packer weighs batch count against padding with) and the per-token
+        part (admission's first figure of the model's speed)."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from embedserve.engines.warmup import fixed_cost_tokens
+from embedserve.engines.warmup import ForwardCost, forward_cost
 
 Prepared = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 """ids, attention mask, lengths, token type ids (pairs only)."""
@@ -76,9 +76,9 @@ class Runner:
             done.synchronize()
         return self.to_results(host.numpy())
 
-    def warmup(self, max_batch_tokens: int) -> float:
-        """The fixed cost of a forward pass in padded tokens (see :mod:`embedserve.engines.warmup`); on CUDA with a
+    def warmup(self, max_batch_tokens: int) -> ForwardCost:
+        """The cost of a forward pass (see :mod:`embedserve.engines.warmup`); on CUDA measured with a
         full ``max_batch_tokens`` batch, so that an out-of-memory shows at start-up."""
-        return fixed_cost_tokens(
+        return forward_cost(
             self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=self.cuda
         )

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from embedserve.core import tasks
 from embedserve.core.runtime import ModelRuntime, Timings
+from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, facts
 from embedserve.http.schemas import EmbedRequest, decode_json_object
 from embedserve.http.web import read_json_body, request_id, timing_headers, until_disconnect
@@ -54,5 +55,5 @@ def embed_work(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) ->
     return tasks.embed(
         runtime, parsed.inputs, dimensions=parsed.dimensions, normalize=parsed.normalize, truncate=parsed.truncate,
         direction=parsed.truncation_direction, prompt_name=parsed.prompt_name, param=parsed.input_param,
-        request_id=request_id(request),
+        request_id=request_id(request), deadline=deadline(request),
     )  # fmt: skip

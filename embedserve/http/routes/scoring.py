@@ -11,6 +11,7 @@ from starlette.routing import Route
 from embedserve.core import tasks
 from embedserve.core.capabilities import Capability
 from embedserve.core.tasks import ScoreResult
+from embedserve.http.deadline import deadline
 from embedserve.http.edge import endpoint
 from embedserve.http.routes.common import compute, read_body, resolve
 from embedserve.http.schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
@@ -23,7 +24,7 @@ async def _rerank(request: Request, parsed: RerankRequest, param: str) -> tuple[
     pairs: list[tuple[str, str | None]] = [(parsed.query, document) for document in parsed.documents]
     work = tasks.score(
         runtime, Capability.RERANK, pairs, truncate=parsed.truncate, direction=parsed.truncation_direction,
-        raw=parsed.raw_scores, param=param, request_id=request_id(request),
+        raw=parsed.raw_scores, param=param, request_id=request_id(request), deadline=deadline(request),
     )  # fmt: skip
     characters = len(parsed.query) * len(pairs) + sum(map(len, parsed.documents))
     result, headers = await compute(request, work, len(pairs), characters)
@@ -74,7 +75,7 @@ async def predict(request: Request) -> Response:
     runtime = resolve(request, parsed.model)
     work = tasks.score(
         runtime, Capability.CLASSIFY, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
-        raw=parsed.raw_scores, param="inputs", request_id=request_id(request),
+        raw=parsed.raw_scores, param="inputs", request_id=request_id(request), deadline=deadline(request),
     )  # fmt: skip
     characters = sum(len(a) + len(b or "") for a, b in parsed.inputs)
     result, headers = await compute(request, work, len(parsed.inputs), characters)

@@ -14,6 +14,7 @@ from embedserve.core import tasks
 from embedserve.core.capabilities import Capability
 from embedserve.core.runtime import ModelRuntime
 from embedserve.errors import UnhealthyError
+from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, endpoint
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_sparse, parse_tei_embed
@@ -37,7 +38,7 @@ async def embed_sparse(request: Request) -> Response:
     runtime = resolve(request, parsed.model)
     work = tasks.embed_sparse(
         runtime, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
-        prompt_name=parsed.prompt_name, top_k=parsed.top_k, request_id=request_id(request),
+        prompt_name=parsed.prompt_name, top_k=parsed.top_k, request_id=request_id(request), deadline=deadline(request),
     )  # fmt: skip
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
     tokenizers, _ = runtime.require(Capability.SPARSE)

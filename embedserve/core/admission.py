@@ -1,0 +1,145 @@
+"""Admission: who gets in, decided at once, before any tokenizing.
+
+Two bounds, checked in this order:
+
+* **Slots** (``--max-concurrent-requests``), counted in inputs across tokenizing, queued and running work: the hard
+  memory bound, whatever the model's speed.
+* **Predicted wait** (``--max-queue-time``): the tokens admitted ahead of a request, divided by the tokens per
+  second the model has been measured to compute, is how long it would wait for its first forward pass. Over the
+  limit, it gets 429 at once, with ``Retry-After`` from the time the work ahead needs to drain to the limit. A client
+  deadline shorter than the predicted wait gets 504 at once: nothing would be computed in time.
+
+The tokens ahead are the real token counts of queued and running inputs (kept by the
+:class:`~embedserve.core.batching.BatchQueue`) plus an estimate, from characters, for requests still being
+tokenized. The speed is measured from the forward passes themselves (:class:`Throughput`), so it follows the
+model, the hardware, the input lengths and the padding the traffic brings; the start-up measurement seeds it.
+Core layer: loop-only state except :class:`Throughput`, which the backend thread feeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+
+from embedserve.errors import DeadlineExceededError, OverloadedError
+
+THROUGHPUT_HORIZON_S = 5.0
+"""Busy seconds over which the measured speed is averaged: old batches weigh e^-1 after this much compute."""
+
+SEED_WEIGHT_S = 0.5
+"""How many busy seconds the start-up figure counts for before real batches outweigh it."""
+
+TOKENS_PER_CHARACTER = 0.3
+"""First guess of tokens per input character (English averages about 0.25, plus special tokens); replaced by what
+the model's tokenizer is measured to produce."""
+
+
+class Throughput:
+    """Real tokens computed per second of forward-pass time, exponentially averaged over busy time.
+
+    Written by the backend thread after each batch, read on the event loop. The two sums are swapped in as one tuple,
+    so a reader never sees one updated without the other."""
+
+    def __init__(self, tokens_per_second: float | None) -> None:
+        self._sums: tuple[float, float] | None = None
+        if tokens_per_second is not None and tokens_per_second > 0:
+            self._sums = (tokens_per_second * SEED_WEIGHT_S, SEED_WEIGHT_S)
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """One finished forward pass: ``tokens`` real (unpadded) tokens in ``seconds``."""
+        if seconds <= 0:
+            return
+        decay = math.exp(-seconds / THROUGHPUT_HORIZON_S)
+        done, busy = self._sums or (0.0, 0.0)
+        self._sums = (done * decay + tokens, busy * decay + seconds)
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """The current figure, or None before anything was measured."""
+        sums = self._sums
+        if sums is None or sums[1] <= 0 or sums[0] <= 0:
+            return None
+        return sums[0] / sums[1]
+
+
+class Admission:
+    """Slots and predicted wait for one model. Event-loop only, except for the :class:`Throughput` it reads."""
+
+    def __init__(self, capacity: int, max_queue_time: float, throughput: Throughput | None = None) -> None:
+        self.capacity = capacity
+        self.max_queue_time = max_queue_time
+        self.throughput = throughput or Throughput(None)
+        self.in_use = 0
+        self.tokenizing_tokens = 0.0
+        """Estimated tokens of admitted requests not yet queued (being tokenized)."""
+        self._tokens_per_character = TOKENS_PER_CHARACTER
+        self._idle: asyncio.Event | None = None
+
+    def estimate(self, characters: Sequence[int], max_input_tokens: int) -> float:
+        """Tokens a request's inputs will have, guessed from their characters, each capped at the input limit."""
+        ratio = self._tokens_per_character
+        return float(sum(min(max_input_tokens, math.ceil(c * ratio) + 2) for c in characters))
+
+    def learn(self, characters: int, tokens: int) -> None:
+        """A tokenized request: move the tokens-per-character guess a step towards what was measured."""
+        if characters > 0 and tokens > 0:
+            self._tokens_per_character += 0.1 * (tokens / characters - self._tokens_per_character)
+
+    def predicted_wait(self, tokens_ahead: float) -> float:
+        """Seconds until work admitted now would start, with ``tokens_ahead`` queued, running or being tokenized."""
+        rate = self.throughput.tokens_per_second
+        if rate is None or tokens_ahead <= 0:
+            return 0.0
+        return tokens_ahead / rate
+
+    def admit(self, n: int, estimate: float, tokens_ahead: float, *, deadline_in: float | None, name: str) -> None:
+        """Take ``n`` slots for a request of about ``estimate`` tokens, or raise: 429 when the slots are full or the
+        predicted wait is over the limit, 504 when it is over the client's remaining deadline (``deadline_in``
+        seconds). Never waits."""
+        ahead = tokens_ahead + self.tokenizing_tokens
+        wait = self.predicted_wait(ahead)
+        if self.in_use + n > self.capacity:
+            # Without a prediction (turned off), the first slot to free up is the best guess: a second.
+            retry = _retry_after(wait, self.max_queue_time) if self.max_queue_time > 0 else "1"
+            raise OverloadedError(
+                f"model {name!r} is overloaded: all {self.capacity} input slots are taken; retry soon",
+                headers={"Retry-After": retry},
+            )
+        if self.max_queue_time > 0 and wait > self.max_queue_time:
+            raise OverloadedError(
+                f"model {name!r} is overloaded: the predicted wait of {wait:.2f} s is over the {self.max_queue_time:g} "
+                "s limit (--max-queue-time); retry after the Retry-After seconds",
+                headers={"Retry-After": _retry_after(wait, self.max_queue_time)},
+            )
+        if deadline_in is not None and wait > deadline_in:
+            raise DeadlineExceededError(
+                f"the request's deadline ({max(0.0, deadline_in) * 1000:.0f} ms left) is shorter than the predicted "
+                f"wait of {wait * 1000:.0f} ms for model {name!r}; nothing was computed"
+            )
+        self.in_use += n
+        self.tokenizing_tokens += estimate
+
+    def tokenized(self, estimate: float) -> None:
+        """The request admitted with ``estimate`` is tokenized: its real tokens are now counted by the queue."""
+        self.tokenizing_tokens = max(0.0, self.tokenizing_tokens - estimate)
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` slots taken by :meth:`admit`."""
+        self.in_use -= n
+        if self.in_use == 0:
+            self.tokenizing_tokens = 0.0  # nothing in flight: no rounding drift survives an idle moment
+            if self._idle is not None:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no slot is taken (used to drain)."""
+        if self.in_use == 0:
+            return
+        self._idle = asyncio.Event()
+        await self._idle.wait()
+
+
+def _retry_after(wait: float, limit: float) -> str:
+    """Whole seconds (at least 1) until the predicted wait is back under ``limit``: the time to drain the excess."""
+    return str(max(1, math.ceil(wait - limit)))
