@@ -85,6 +85,15 @@ class Metrics:
             "embedserve_inflight_inputs", "Inputs admitted and not yet answered (queued, tokenizing or running).",
             ["model"], registry=r,
         )  # fmt: skip
+        self.predicted_wait = Gauge(
+            "embedserve_predicted_wait_seconds",
+            "Predicted wait of a request arriving now for its first forward pass (admission's figure).",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.throughput = Gauge(
+            "embedserve_throughput_tokens_per_second",
+            "Measured real tokens per second of forward-pass time, as admission predicts with.", ["model"], registry=r,
+        )  # fmt: skip
         self.load_seconds = Gauge(
             "embedserve_model_load_seconds", "Time to load and warm up the model.", ["model"], registry=r
         )
@@ -103,6 +112,14 @@ class Metrics:
             def inflight(rt: ModelRuntime = runtime) -> float:
                 return rt.admission.in_use
 
+            def wait(rt: ModelRuntime = runtime) -> float:
+                return rt.predicted_wait
+
+            def speed(rt: ModelRuntime = runtime) -> float:
+                return rt.admission.throughput.tokens_per_second or 0.0
+
+            self.predicted_wait.labels(runtime.name).set_function(wait)
+            self.throughput.labels(runtime.name).set_function(speed)
             self.queue_size.labels(runtime.name).set_function(queued)
             self.inflight.labels(runtime.name).set_function(inflight)
 

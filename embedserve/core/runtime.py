@@ -203,6 +203,12 @@ class ModelRuntime:
         return len(self._queue) if self._queue is not None else 0
 
     @property
+    def predicted_wait(self) -> float:
+        """Seconds a request arriving now is predicted to wait for its first forward pass."""
+        ahead = self._queue.tokens_ahead if self._queue is not None else 0
+        return self.admission.predicted_wait(ahead + self.admission.tokenizing_tokens)
+
+    @property
     def batches_run(self) -> int:
         """Forward passes run so far."""
         return self._backend.batches_run if self._backend is not None else 0

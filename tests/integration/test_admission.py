@@ -53,6 +53,13 @@ def test_a_request_predicted_to_wait_past_max_queue_time_gets_429_with_retry_aft
             tei = await client.post("/embed", json={"inputs": "a short query"})
             assert tei.status_code == 429
             assert tei.json()["error_type"] == "Overloaded"
+            gauges = {
+                line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+                for line in (await client.get("/metrics")).text.splitlines()
+                if line.startswith(("embedserve_predicted_wait_seconds{", "embedserve_throughput_tokens_per_second{"))
+            }
+            assert gauges["embedserve_predicted_wait_seconds"] == pytest.approx(wait, rel=0.05)
+            assert gauges["embedserve_throughput_tokens_per_second"] == pytest.approx(rate, rel=0.05)
 
             model.gate.set()
             assert (await backlog).status_code == 200
