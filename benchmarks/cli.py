@@ -3,6 +3,8 @@
 python -m benchmarks run [--quick] [--out benchmarks/results] [--model PATH] [--only ceiling,embedserve,...]
                          [--embedserve-args "..."] [--ceiling-engines torch,onnx,...]
                          [--infinity-optimum-flavor openvino|optimum]
+python -m benchmarks overload [--quick] [--flood-seconds S] [--soak-minutes M] [--out benchmarks/results]
+                              [--model PATH] [--embedserve-args "..."] [--report-only]
 python -m benchmarks make-bge-large-shape OUT_DIR [--tiny]
 """
 
@@ -89,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render summary.md and the plots from an existing results.json")
     rep.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where results.json is (default {DEFAULT_OUT})")
 
+    over = sub.add_parser(
+        "overload",
+        help="10x overload with and without admission by predicted wait, and a soak: overload.json, overload.md, "
+        "overload_*.png",
+    )
+    over.add_argument(
+        "--quick", action="store_true", help="a smoke version: 10 s flood, 45 s soak, short cells (about 2 minutes)"
+    )
+    over.add_argument("--flood-seconds", type=float, default=None, help="flood length (default 60, quick 10; 0 skips)")
+    over.add_argument("--soak-minutes", type=float, default=None, help="soak length (default 10, quick 0.75; 0 skips)")
+    over.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    over.add_argument("--model", type=Path, default=None, help="local model directory (default: all-MiniLM-L6-v2)")
+    over.add_argument("--embedserve-args", default="", help="extra embedserve flags for every server, one string")
+    over.add_argument(
+        "--report-only", action="store_true", help="re-render overload.md and the plots from overload.json"
+    )
+
     make = sub.add_parser("make-bge-large-shape", help="write a random-weight model shaped like bge-large-en-v1.5")
     make.add_argument("out_dir", type=Path)
     make.add_argument("--tiny", action="store_true", help="a tiny model of the same structure (smoke check)")
@@ -117,11 +136,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.write(f"wrote {path.parent / 'summary.md'}\n")
         return
 
+    if args.command == "overload" and args.report_only:
+        from benchmarks.overload import render
+
+        sys.stdout.write(f"wrote {render(args.out.resolve())}\n")
+        return
+
     from benchmarks.runner import Options, execute
 
     model = (args.model or default_model()).resolve()
     if not (model / "config.json").is_file():
         raise SystemExit(f"{model} is not a model directory (no config.json); models load by local path only")
+    command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    if args.command == "overload":
+        _overload(args, model, command)
+        return
     options = Options(
         out=args.out.resolve(),
         model=model,
@@ -131,6 +160,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         device=args.device,
         ceiling_engines=args.ceiling_engines,
         infinity_flavor=args.infinity_optimum_flavor,
-        command=shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        command=command,
     )
     execute(options)
+
+
+def _overload(args: argparse.Namespace, model: Path, command: str) -> None:
+    from dataclasses import replace
+
+    from benchmarks import overload
+    from benchmarks.runner import Options
+
+    plan = overload.QUICK_PLAN if args.quick else overload.FULL_PLAN
+    if args.flood_seconds is not None:
+        plan = replace(plan, flood_s=args.flood_seconds)
+    if args.soak_minutes is not None:
+        plan = replace(plan, soak_minutes=args.soak_minutes)
+    options = Options(
+        out=args.out.resolve(),
+        model=model,
+        quick=args.quick,
+        only=("embedserve",),
+        embedserve_args=shlex.split(args.embedserve_args),
+        command=command,
+    )
+    overload.execute(options, plan)

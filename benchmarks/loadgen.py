@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+Headers = dict[str, str]
+
 # Pseudo statuses recorded next to real HTTP ones.
 CONNECTION_ERROR = 0  # the connection failed or the response was malformed
 UNFINISHED = -1  # still running when the grace period after the timed phase ran out
@@ -54,10 +56,13 @@ class ResponseHead:
     content_length: int | None
     chunked: bool
     close: bool
+    captured: Headers = field(default_factory=dict)  # the headers asked for in ``parse_head``'s ``capture``
 
 
-def parse_head(head: bytes) -> ResponseHead:
-    """Parse a status line and headers (everything up to and including the blank line)."""
+def parse_head(head: bytes, capture: tuple[str, ...] = ()) -> ResponseHead:
+    """Parse a status line and headers (everything up to and including the blank line).
+
+    ``capture``: lower-case header names whose (lower-cased) values to keep, e.g. ``retry-after``."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
@@ -66,6 +71,7 @@ def parse_head(head: bytes) -> ResponseHead:
     length: int | None = None
     chunked = False
     close = parts[0] == "HTTP/1.0"
+    captured: Headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep:
@@ -78,7 +84,9 @@ def parse_head(head: bytes) -> ResponseHead:
             chunked = "chunked" in value
         elif name == "connection":
             close = "close" in value
-    return ResponseHead(status, length, chunked, close)
+        elif name in capture:
+            captured[name] = value
+    return ResponseHead(status, length, chunked, close, captured)
 
 
 class Connection:
@@ -98,15 +106,15 @@ class Connection:
         reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
         return cls(reader, writer)
 
-    async def request(self, data: bytes) -> int:
-        """Send one request and read its whole response; returns the HTTP status."""
+    async def request(self, data: bytes, capture: tuple[str, ...] = ()) -> ResponseHead:
+        """Send one request and read its whole response; returns its head (status, the ``capture`` headers)."""
         self.writer.write(data)
         await self.writer.drain()
         try:
             raw_head = await self.reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
             raise ConnectionResetError("connection closed before the response") from exc
-        head = parse_head(raw_head)
+        head = parse_head(raw_head, capture)
         if head.chunked:
             await self._skip_chunked()
         elif head.content_length is not None:
@@ -114,11 +122,11 @@ class Connection:
         elif head.status not in (204, 304) and head.status >= 200:
             # No framing: the body runs to the end of the connection.
             await self.reader.read()
-            head = ResponseHead(head.status, 0, False, True)
+            head = ResponseHead(head.status, 0, False, True, head.captured)
         self.used += 1
         if head.close:
             self.close()
-        return head.status
+        return head
 
     async def _skip_chunked(self) -> None:
         while True:
@@ -138,7 +146,10 @@ class Connection:
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """What one worker process does: closed loop when ``concurrency`` > 0, else open loop at ``rate``."""
+    """What one worker process does: closed loop when ``concurrency`` > 0, else open loop at ``rate``.
+
+    Open-loop arrivals are Poisson, or evenly spaced with ``steady`` (a prober). ``capture``: response headers to
+    record per request (``LoadResult.headers``)."""
 
     host: str
     port: int
@@ -152,6 +163,8 @@ class LoadSpec:
     max_connections: int = 512
     seed: int = 0
     offset: int = 0
+    steady: bool = False
+    capture: tuple[str, ...] = ()
 
     @property
     def t0(self) -> float:
@@ -175,6 +188,7 @@ class LoadResult:
     cpu_s: float = 0.0  # this process's CPU time during the timed phase
     max_lag_s: float = 0.0  # open loop: the latest an arrival was sent after its scheduled time
     connections: int = 0  # connections opened
+    headers: dict[int, Headers] = field(default_factory=dict)  # record index -> the captured headers it got
 
     def add(self, sent: float, plan: int) -> int:
         """Record a request as unfinished; returns its record index for ``finish``."""
@@ -184,10 +198,12 @@ class LoadResult:
         self.plan.append(plan)
         return len(self.sent) - 1
 
-    def finish(self, index: int, status: int) -> None:
-        """Mark a record done now with ``status``."""
+    def finish(self, index: int, status: int, headers: Headers | None = None) -> None:
+        """Mark a record done now with ``status`` (and the captured headers of its response, if any)."""
         self.done[index] = time.monotonic()
         self.status[index] = status
+        if headers:
+            self.headers[index] = headers
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -214,8 +230,9 @@ class _Client:
         self.result.connections += 1
         return await Connection.open(self.spec.host, self.spec.port)
 
-    async def send(self, conn: Connection | None, plan: int) -> tuple[Connection | None, int]:
-        """Send on ``conn`` (or a new connection); returns the connection to reuse (None if it broke) and status."""
+    async def send(self, conn: Connection | None, plan: int) -> tuple[Connection | None, int, Headers]:
+        """Send on ``conn`` (or a new connection); returns the connection to reuse (None if it broke), the status
+        and the captured headers."""
         data = self.spec.requests[plan]
         # A reused keep-alive connection may have been closed by the server's idle timeout just before the write;
         # that is retried once on a fresh connection and is not an error of the server under test.
@@ -224,16 +241,16 @@ class _Client:
             try:
                 if conn is None or conn.closed:
                     conn = await self.connect()
-                status = await conn.request(data)
+                head = await conn.request(data, self.spec.capture)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
                 if conn is not None:
                     conn.close()
                 conn = None
                 if reused and attempt == 0:
                     continue
-                return None, CONNECTION_ERROR
-            return (None if conn.closed else conn), status
-        return None, CONNECTION_ERROR
+                return None, CONNECTION_ERROR, {}
+            return (None if conn.closed else conn), head.status, head.captured
+        return None, CONNECTION_ERROR, {}
 
 
 async def _closed_user(client: _Client, first_conn: Connection | None) -> None:
@@ -243,8 +260,8 @@ async def _closed_user(client: _Client, first_conn: Connection | None) -> None:
         while time.monotonic() < spec.t1:
             plan = client.take_plan()
             index = client.result.add(time.monotonic(), plan)
-            conn, status = await client.send(conn, plan)
-            client.result.finish(index, status)
+            conn, status, headers = await client.send(conn, plan)
+            client.result.finish(index, status, headers)
             if status != 200:
                 await asyncio.sleep(ERROR_BACKOFF_S)
     finally:
@@ -275,11 +292,11 @@ class _OpenPool:
 
     async def fire(self, conn: Connection | None, index: int, plan: int) -> None:
         try:
-            conn, status = await self.client.send(conn, plan)
+            conn, status, headers = await self.client.send(conn, plan)
         except asyncio.CancelledError:
             self.count -= 1
             raise
-        self.client.result.finish(index, status)
+        self.client.result.finish(index, status, headers)
         if conn is None:
             self.count -= 1
         else:
@@ -299,8 +316,9 @@ async def _run_open(client: _Client) -> list[asyncio.Task[None]]:
     scheduled = spec.start_at
     await _sleep_until(spec.start_at)
     while True:
-        # Poisson arrivals: exponential gaps, drawn independently of how the server is doing (open loop).
-        scheduled += rng.expovariate(spec.rate)
+        # Poisson arrivals: exponential gaps, drawn independently of how the server is doing (open loop); a steady
+        # prober's are even.
+        scheduled += 1.0 / spec.rate if spec.steady else rng.expovariate(spec.rate)
         if scheduled >= spec.t1:
             break
         await _sleep_until(scheduled)

@@ -11,7 +11,7 @@ from typing import Any
 from benchmarks.targets import cpu_per_request_short, find_cell, p50_short, targets
 from benchmarks.variants import VARIANTS
 
-__all__ = ["summary_markdown", "targets", "write"]
+__all__ = ["figure", "hardware_line", "md_table", "num", "summary_markdown", "targets", "verdict", "write"]
 
 SERVER_ORDER = tuple(v.name for v in VARIANTS)
 COLORS = {
@@ -27,19 +27,22 @@ COLORS = {
 # --- markdown --------------------------------------------------------------------------------------------------
 
 
-def _num(value: Any, digits: int = 1) -> str:
+def num(value: Any, digits: int = 1) -> str:
+    """A number with thousands separators and ``digits`` decimals; "-" for None or NaN."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{value:,.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
 
-def _status(met: bool | None) -> str:
+def verdict(met: bool | None) -> str:
+    """A target's result column: met, **not met**, or "-" (reported only, or not measured)."""
     return {True: "met", False: "**not met**", None: "-"}[met]
 
 
@@ -51,34 +54,34 @@ def _headline(results: dict[str, Any]) -> list[str]:
             continue
         sweep = [find_cell(results, server, "closed", "mixed", 1, c) for c in (1, 8, 32, 128)]
         c32 = sweep[2]
-        lat = "-" if c32 is None else f"{_num(c32['latency_ms']['p50'])} / {_num(c32['latency_ms']['p99'])}"
+        lat = "-" if c32 is None else f"{num(c32['latency_ms']['p50'])} / {num(c32['latency_ms']['p99'])}"
         peak = max(c["peak_rss_mib"] for c in results["servers"][server]["cells"])
         rows.append(
             [server]
-            + [_num(c and c["embeddings_per_s"]) for c in sweep]
-            + [lat, _num(p50_short(results, server), 2), _num(peak, 0)]
+            + [num(c and c["embeddings_per_s"]) for c in sweep]
+            + [lat, num(p50_short(results, server), 2), num(peak, 0)]
         )
     ceiling = results.get("ceiling")
     if ceiling and "mixed" in ceiling["mixes"]:
         best = ceiling["mixes"]["mixed"]
-        direct = _num(ceiling["direct"]["p50_ms"], 2)
-        note = f"{_num(best['best_texts_per_s'])} (batch {best['best_batch_size']})"
+        direct = num(ceiling["direct"]["p50_ms"], 2)
+        note = f"{num(best['best_texts_per_s'])} (batch {best['best_batch_size']})"
         rows.append(["ceiling (in-process, torch)", "", "", note, "", "", f"{direct} (direct forward)", ""])
     choice = results.get("ceiling_choice")
     if choice and choice["engine"] != "torch":
-        note = f"{_num(choice['best_texts_per_s'])} (batch {choice['best_batch_size']})"
-        direct = f"{_num(choice['direct_p50_ms'], 2)} (single input)"
+        note = f"{num(choice['best_texts_per_s'])} (batch {choice['best_batch_size']})"
+        direct = f"{num(choice['direct_p50_ms'], 2)} (single input)"
         rows.append([f"near-lossless ceiling ({choice['engine']})", "", "", note, "", "", direct, ""])
     lines = ["## Headline: embeddings/s, single-text requests, mixed lengths, closed loop", ""]
-    return lines + _table(header, rows)
+    return lines + md_table(header, rows)
 
 
 def _ceiling_section(ceiling: dict[str, Any]) -> list[str]:
     sizes = sorted({int(s) for m in ceiling["mixes"].values() for s in m["by_batch_size"]})
     header = ["mix", "best texts/s", "best batch", "tokens/s", *[f"bs {s}" for s in sizes]]
     rows = [
-        [mix, _num(m["best_texts_per_s"]), str(m["best_batch_size"]), _num(m["best_tokens_per_s"], 0)]
-        + [_num(m["by_batch_size"].get(str(s))) for s in sizes]
+        [mix, num(m["best_texts_per_s"]), str(m["best_batch_size"]), num(m["best_tokens_per_s"], 0)]
+        + [num(m["by_batch_size"].get(str(s))) for s in sizes]
         for mix, m in ceiling["mixes"].items()
     ]
     direct = ceiling["direct"]
@@ -86,12 +89,12 @@ def _ceiling_section(ceiling: dict[str, Any]) -> list[str]:
         "## Ceiling: the model in-process (tokenize + forward + pool + normalize, length-sorted batches)",
         "",
         f"Device {ceiling['device']}, {ceiling['dtype']}, {ceiling['torch_threads']} torch threads, "
-        f"{ceiling['pooling']} pooling. One direct forward pass of a short input: p50 {_num(direct['p50_ms'], 2)} ms, "
-        f"p90 {_num(direct['p90_ms'], 2)} ms over {direct['reps']} repetitions. Other processes used "
-        f"{_num(ceiling.get('other_cpu_pct'), 0)}% of a core meanwhile.",
+        f"{ceiling['pooling']} pooling. One direct forward pass of a short input: p50 {num(direct['p50_ms'], 2)} ms, "
+        f"p90 {num(direct['p90_ms'], 2)} ms over {direct['reps']} repetitions. Other processes used "
+        f"{num(ceiling.get('other_cpu_pct'), 0)}% of a core meanwhile.",
         "",
     ]
-    return lines + _table(header, rows)
+    return lines + md_table(header, rows)
 
 
 def _engines_section(results: dict[str, Any]) -> list[str]:
@@ -114,20 +117,20 @@ def _engines_section(results: dict[str, Any]) -> list[str]:
                 name,
                 str(c.get("runtime", "")),
                 str(c.get("precision") or c.get("dtype", "")),
-                *(f"{_num(b['best_texts_per_s'])} ({b['best_batch_size']})" if b else "-" for b in best),
-                _num(c.get("direct", {}).get("p50_ms"), 2),
-                "reference" if name == "torch" else _num(agree.get("mean_cosine"), 6),
-                "reference" if name == "torch" else _num(agree.get("min_cosine"), 6),
+                *(f"{num(b['best_texts_per_s'])} ({b['best_batch_size']})" if b else "-" for b in best),
+                num(c.get("direct", {}).get("p50_ms"), 2),
+                "reference" if name == "torch" else num(agree.get("mean_cosine"), 6),
+                "reference" if name == "torch" else num(agree.get("min_cosine"), 6),
                 "yes" if near_lossless(c) else "no",
-                _num(c.get("other_cpu_pct"), 0),
+                num(c.get("other_cpu_pct"), 0),
             ]
         )
     choice = results.get("ceiling_choice")
     picked = (
         f"The near-lossless ceiling of the engine targets is **{choice['engine']}**: "
-        f"{_num(choice['best_texts_per_s'])} texts/s on mixed lengths (the fastest with mean cosine >= "
+        f"{num(choice['best_texts_per_s'])} texts/s on mixed lengths (the fastest with mean cosine >= "
         f"{choice['near_lossless_mean_cosine']} to torch float32; the fastest of all is "
-        f"{choice['fastest_any_engine']}, {_num(choice['fastest_any_texts_per_s'])} texts/s)."
+        f"{choice['fastest_any_engine']}, {num(choice['fastest_any_texts_per_s'])} texts/s)."
         if choice
         else "No near-lossless engine measured mixed lengths."
     )
@@ -138,7 +141,7 @@ def _engines_section(results: dict[str, Any]) -> list[str]:
         "Agreement: cosine of each engine's vectors with torch float32's on the same texts (all of the ceiling's). "
         + picked,
         "",
-        *_table(header, rows),
+        *md_table(header, rows),
         "",
     ]
 
@@ -162,10 +165,10 @@ def _servers_section(results: dict[str, Any]) -> list[str]:
                 server,
                 what,
                 str(entry.get("version", "")),
-                _num(agree.get("mean_cosine"), 6),
-                _num(agree.get("min_cosine"), 6),
-                _num(p50_short(results, server), 2),
-                _num(cpu_per_request_short(results, server), 2),
+                num(agree.get("mean_cosine"), 6),
+                num(agree.get("min_cosine"), 6),
+                num(p50_short(results, server), 2),
+                num(cpu_per_request_short(results, server), 2),
             ]
         )
     if not rows:
@@ -177,7 +180,7 @@ def _servers_section(results: dict[str, Any]) -> list[str]:
         "in-process. CPU per request: CPU seconds of the server's processes (psutil) over the timed window of the "
         "concurrency-1 short-input cell, divided by the requests answered in it.",
         "",
-        *_table(header, rows),
+        *md_table(header, rows),
         "",
     ]
     skipped = results.get("skipped") or {}
@@ -202,26 +205,26 @@ def _cells_section(results: dict[str, Any]) -> list[str]:
         entry = results.get("servers", {}).get(server)
         if not entry or "cells" not in entry:
             continue
-        lines += [f"### {server} ({entry.get('version', '')}, up in {_num(entry.get('startup_s'))} s)", ""]
+        lines += [f"### {server} ({entry.get('version', '')}, up in {num(entry.get('startup_s'))} s)", ""]
         rows = [
             [
                 _cell_name(c),
-                _num(c["embeddings_per_s"]),
-                _num(c["tokens_per_s"], 0),
-                _num(c["requests_per_s"]),
-                _num(c["latency_ms"]["p50"]),
-                _num(c["latency_ms"]["p90"]),
-                _num(c["latency_ms"]["p99"]),
+                num(c["embeddings_per_s"]),
+                num(c["tokens_per_s"], 0),
+                num(c["requests_per_s"]),
+                num(c["latency_ms"]["p50"]),
+                num(c["latency_ms"]["p90"]),
+                num(c["latency_ms"]["p99"]),
                 f"{100 * c['rate_429']:.1f}%",
                 f"{100 * c['error_rate']:.1f}%",
                 str(c["client_dropped"]),
-                _num(c["peak_rss_mib"], 0),
-                _num(c.get("server_cpu_pct"), 0),
-                _num(c.get("other_cpu_pct"), 0),
+                num(c["peak_rss_mib"], 0),
+                num(c.get("server_cpu_pct"), 0),
+                num(c.get("other_cpu_pct"), 0),
             ]
             for c in entry["cells"]
         ]
-        lines += [*_table(header, rows), ""]
+        lines += [*md_table(header, rows), ""]
     return lines
 
 
@@ -239,14 +242,14 @@ def _stages_section(results: dict[str, Any]) -> list[str]:
         rows.append(
             [
                 _cell_name(c),
-                *(_num(ms[k], 2) for k in ("parse", "tokenization", "queue", "inference", "serialization")),
-                _num(st["other_in_server_ms"], 2),
-                _num(st["server_ms"], 2),
-                _num(st.get("outside_server_ms"), 2),
-                _num(c["latency_ms"]["mean"], 2),
+                *(num(ms[k], 2) for k in ("parse", "tokenization", "queue", "inference", "serialization")),
+                num(st["other_in_server_ms"], 2),
+                num(st["server_ms"], 2),
+                num(st.get("outside_server_ms"), 2),
+                num(c["latency_ms"]["mean"], 2),
                 str(st["batches"]),
-                _num(st["batch_inputs_mean"]),
-                _num(st["forward_ms_mean"], 2),
+                num(st["batch_inputs_mean"]),
+                num(st["forward_ms_mean"], 2),
                 "-" if st["padding_ratio"] is None else f"{100 * st['padding_ratio']:.0f}%",
             ]
         )
@@ -259,7 +262,7 @@ def _stages_section(results: dict[str, Any]) -> list[str]:
         "of a multi-batch request, event-loop scheduling). Outside server: the client's mean latency minus the "
         "server's (HTTP parsing and framing in uvicorn, sockets, the load generator).",
         "",
-        *_table(header, rows),
+        *md_table(header, rows),
         "",
     ]
 
@@ -270,9 +273,9 @@ def _overload_section(overload: dict[str, Any]) -> list[str]:
         "",
         f"Open loop at {overload['rate']:.0f} req/s (10x the measured capacity) for {overload['duration_s']:.0f} s, "
         f"single-text mixed. 429 rate {100 * overload['rate_429']:.1f}%, error rate "
-        f"{100 * overload['error_rate']:.1f}%, {_num(overload['embeddings_per_s'])} emb/s still served, p50 of the "
-        f"accepted requests {_num(overload['latency_ms']['p50'])} ms (p99 {_num(overload['latency_ms']['p99'])} ms). "
-        f"RSS idle {_num(overload['rss_idle_mib'], 0)} MiB; mean of the first, middle and last thirds of the window "
+        f"{100 * overload['error_rate']:.1f}%, {num(overload['embeddings_per_s'])} emb/s still served, p50 of the "
+        f"accepted requests {num(overload['latency_ms']['p50'])} ms (p99 {num(overload['latency_ms']['p99'])} ms). "
+        f"RSS idle {num(overload['rss_idle_mib'], 0)} MiB; mean of the first, middle and last thirds of the window "
         f"{overload['rss_first_third_mib']:.0f} / {overload['rss_middle_third_mib']:.0f} / "
         f"{overload['rss_last_third_mib']:.0f} MiB, max {overload['rss_max_mib']:.0f} MiB: "
         f"{'bounded' if overload['rss_bounded'] else 'grew'} (the verdict compares the last third with the middle "
@@ -282,25 +285,32 @@ def _overload_section(overload: dict[str, Any]) -> list[str]:
     ]
 
 
+def hardware_line(hw: dict[str, Any]) -> str:
+    """CPU, cores, RAM and torch's version and threads, in one line."""
+    return (
+        f"{hw['cpu_model']}, {hw['logical_cores']} logical cores, {hw['ram_gib']} GiB RAM; "
+        f"torch {hw.get('torch_version')}, {hw.get('torch_threads')} torch threads"
+    )
+
+
 def summary_markdown(results: dict[str, Any]) -> str:
     """summary.md's text."""
     hw = results["hardware"]
     lines = [
         "# embedserve benchmark",
         "",
-        f"- date: {results['date']}, mode: {results['mode']}, wall time: {_num(results.get('wall_s'), 0)} s",
+        f"- date: {results['date']}, mode: {results['mode']}, wall time: {num(results.get('wall_s'), 0)} s",
         f"- command: `{results['command']}`",
-        f"- hardware: {hw['cpu_model']}, {hw['logical_cores']} logical cores, {hw['ram_gib']} GiB RAM; "
-        f"torch {hw.get('torch_version')}, {hw.get('torch_threads')} torch threads",
+        f"- hardware: {hardware_line(hw)}",
         f"- model: `{results['model']}` (max length {results['max_length']} tokens)",
         f"- embedserve extra args: `{results['embedserve_args'] or '(none)'}`",
-        f"- closed-loop capacity used for the open-loop rates: {_num(results.get('capacity_rps'))} req/s",
+        f"- closed-loop capacity used for the open-loop rates: {num(results.get('capacity_rps'))} req/s",
         "",
         "## Targets",
         "",
-        *_table(
+        *md_table(
             ["target", "measured", "required", "result"],
-            [[t["target"], t["measured"], t["required"], _status(t["met"])] for t in results.get("targets", [])],
+            [[t["target"], t["measured"], t["required"], verdict(t["met"])] for t in results.get("targets", [])],
         ),
         "",
         *_headline(results),
@@ -345,11 +355,15 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _figure(path: Path) -> Iterator[Any]:
-    """The axes of one plot, saved to ``path`` (and the figure closed) when the block ends."""
+def figure(path: Path, rows: int = 1, cols: int = 1, size: tuple[float, float] = (7, 4.5)) -> Iterator[Any]:
+    """The axes of one plot (an array of them for several rows or columns), saved to ``path`` (and the figure
+    closed) when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(rows, cols, figsize=size, squeeze=rows * cols == 1)
     try:
         yield ax
         fig.tight_layout()
@@ -359,7 +373,7 @@ def _figure(path: Path) -> Iterator[Any]:
 
 
 def _plot_throughput(results: dict[str, Any], path: Path) -> None:
-    with _figure(path) as ax:
+    with figure(path) as ax:
         for server in SERVER_ORDER:
             points = [find_cell(results, server, "closed", "mixed", 1, c) for c in (1, 8, 32, 128)]
             xs = [c["concurrency"] for c in points if c]
@@ -384,7 +398,7 @@ def _plot_throughput(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_cdf(results: dict[str, Any], path: Path) -> None:
-    with _figure(path) as ax:
+    with figure(path) as ax:
         for server in SERVER_ORDER:
             cell = find_cell(results, server, "closed", "mixed", 1, 32)
             values = cell.get("latency_quantiles_ms") if cell else None
@@ -400,7 +414,7 @@ def _plot_cdf(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_rss(results: dict[str, Any], path: Path) -> None:
-    with _figure(path) as ax:
+    with figure(path) as ax:
         overload = results.get("overload")
         if overload:
             xs = [t for t, _ in overload["rss_series"]]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,8 @@ from typing import Any
 import psutil
 
 from benchmarks import references, report, servers, stages, variants
-from benchmarks.loadgen import LoadResult, LoadSpec, build_request, ping, run_worker
+from benchmarks.launch import Target, started
+from benchmarks.loadgen import LoadResult, LoadSpec, ping, run_worker
 from benchmarks.plan import FULL, QUICK, SEED, Cell, Profile, Workload, build_workload
 from benchmarks.stats import downsample, summarize
 from benchmarks.texts import LENGTH_MIXES, model_max_length
@@ -77,21 +78,25 @@ class Run:
 
     def save(self) -> Path:
         """Write results.json atomically (a .tmp file renamed), so a crash never leaves half a file."""
-        path = self.options.out / "results.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_finite(self.results), indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(self.options.out / "results.json", self.results)
 
 
-def _finite(value: Any) -> Any:
-    # JSON has no NaN: an empty cell's latencies become null.
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON atomically (a .tmp file renamed), so a crash never leaves half a file."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(finite(data), indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None: JSON has no NaN (an empty cell's latencies)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -113,8 +118,9 @@ def hardware() -> dict[str, Any]:
     }
 
 
-def _torch_facts() -> dict[str, Any]:
-    # Asked of a fresh interpreter: the orchestrator itself never imports torch.
+def torch_facts() -> dict[str, Any]:
+    """torch's version and its default intra-op threads, asked of a fresh interpreter (the orchestrator itself never
+    imports torch)."""
     code = "import json,torch;print(json.dumps([torch.__version__,torch.get_num_threads()]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     version, threads = json.loads(out)
@@ -129,32 +135,6 @@ def idle_check(seconds: float = 1.0) -> float:
 
 
 # --- servers ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    """A started server and the pre-serialized requests for it."""
-
-    server: servers.RunningServer
-    model_name: str
-    clip: bool = False  # send the clipped texts (Workload.clipped)
-    cache: dict[tuple[str, int], tuple[list[bytes], list[int], list[int]]] = field(default_factory=dict)
-
-    def requests(self, workload: Workload, mix: str, per_request: int) -> tuple[list[bytes], list[int], list[int]]:
-        """(request bytes, texts per request, tokens per request) of a shape, built once per server."""
-        key = (mix, per_request)
-        if key not in self.cache:
-            port = self.server.spec.port
-            texts = workload.clipped[mix] if self.clip else workload.texts[mix]
-            tokens = workload.tokens[mix]
-            bodies, n_texts, n_tokens = [], [], []
-            for indices in workload.plan(mix, per_request):
-                body = json.dumps({"input": [texts[i] for i in indices], "model": self.model_name}).encode()
-                bodies.append(build_request(servers.HOST, port, "/v1/embeddings", body))
-                n_texts.append(len(indices))
-                n_tokens.append(sum(tokens[i] for i in indices))
-            self.cache[key] = (bodies, n_texts, n_tokens)
-        return self.cache[key]
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -187,17 +167,22 @@ def _sleep_until(deadline: float) -> None:
     time.sleep(max(0.0, deadline - time.monotonic()))
 
 
-def _load(run: Run, target: Target, cell: Cell, phases: tuple[float, float, float], workers: int) -> LoadRun:
-    """Run one cell's load in the worker processes while sampling the server's RSS and CPU.
-
-    ``phases`` is (warm-up, timed window, grace after it) in seconds.
-    """
+def cell_specs(
+    run: Run,
+    target: Target,
+    cell: Cell,
+    phases: tuple[float, float, float],
+    workers: int,
+    start_at: float | None = None,
+) -> list[LoadSpec]:
+    """The worker specs of one cell's load; ``phases`` is (warm-up, timed window, grace after it) in seconds."""
     warmup_s, duration_s, grace_s = phases
     bodies, _, _ = target.requests(run.workload, cell.mix, cell.texts_per_request)
-    # Workers need a moment to unpickle the requests and (closed loop) connect before the shared start.
-    start_at = time.monotonic() + 0.5 + 0.002 * max(cell.concurrency, 0)
+    if start_at is None:
+        # Workers need a moment to unpickle the requests and (closed loop) connect before the shared start.
+        start_at = time.monotonic() + 0.5 + 0.002 * max(cell.concurrency, 0)
     shares = _split(cell.concurrency, workers) if cell.concurrency else [0] * workers
-    specs = [
+    return [
         LoadSpec(
             host=servers.HOST,
             port=target.server.spec.port,
@@ -213,17 +198,37 @@ def _load(run: Run, target: Target, cell: Cell, phases: tuple[float, float, floa
         )
         for w in range(workers)
     ]
-    server, t0, t1 = target.server, specs[0].t0, specs[0].t1
+
+
+def drive(
+    run: Run,
+    server: servers.RunningServer,
+    specs: Sequence[LoadSpec],
+    window: tuple[float, float],
+    tick: Callable[[], None] | None = None,
+) -> LoadRun:
+    """Run load specs in the worker processes (one each) while sampling the server's RSS, and its CPU and the
+    machine's over ``window`` (the timed phase); ``tick`` is called every minute of it (progress of a long load)."""
+    t0, t1 = window
     with servers.RssSampler(server, 0.25) as rss:
         futures = [run.pool.submit(run_worker, spec) for spec in specs]
         _sleep_until(t0)
         server0, system0 = server.cpu_seconds(), servers.system_busy_seconds()
+        while tick is not None and time.monotonic() + 60.0 < t1:
+            time.sleep(60.0)
+            tick()
         _sleep_until(t1)
         server1, system1 = server.cpu_seconds(), servers.system_busy_seconds()
         results = [f.result() for f in futures]
     return LoadRun(
         results, t0, t1, rss.peak, 100.0 * (server1 - server0) / (t1 - t0), 100.0 * (system1 - system0) / (t1 - t0)
     )
+
+
+def _load(run: Run, target: Target, cell: Cell, phases: tuple[float, float, float], workers: int) -> LoadRun:
+    """Run one cell's load in the worker processes while sampling the server's RSS and CPU."""
+    specs = cell_specs(run, target, cell, phases, workers)
+    return drive(run, target.server, specs, (specs[0].t0, specs[0].t1))
 
 
 def run_cell(run: Run, target: Target, cell: Cell) -> dict[str, Any]:
@@ -280,14 +285,45 @@ def _open_cells(run: Run, capacity: float) -> list[Cell]:
     return cells
 
 
-def capacity_of(cells: Sequence[dict[str, Any]]) -> float:
-    """Closed-loop capacity in requests/s: the best single-text mixed-length cell."""
-    rates = [
-        c["requests_per_s"]
+def capacity_cell(cells: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cell that sets the closed-loop capacity: the best single-text mixed-length one (by requests/s)."""
+    candidates = [
+        c
         for c in cells
         if c["mode"] == "closed" and c["mix"] == "mixed" and c["texts_per_request"] == 1 and c["error_rate"] < 0.01
     ]
-    return max(rates, default=0.0)
+    return max(candidates, key=lambda c: c["requests_per_s"], default=None)
+
+
+def capacity_of(cells: Sequence[dict[str, Any]]) -> float:
+    """Closed-loop capacity in requests/s: the best single-text mixed-length cell."""
+    best = capacity_cell(cells)
+    return 0.0 if best is None else float(best["requests_per_s"])
+
+
+def rss_verdict(series: Sequence[tuple[float, float]], duration_s: float) -> dict[str, Any]:
+    """Is memory flat under a sustained load? ``series``: (seconds since the load started, RSS MiB) samples, the
+    first of them taken before it started (the idle baseline)."""
+    inside = [mib for t, mib in series if 0.0 <= t <= duration_s]
+    third = max(1, len(inside) // 3)
+    first = sum(inside[:third]) / third
+    middle = sum(inside[third : 2 * third]) / max(1, len(inside[third : 2 * third]))
+    last = sum(inside[-third:]) / third
+    # The first third includes the admission queue filling up (and the allocator growing with it), which a bounded
+    # server does once; what must not happen is growth after that, so the verdict compares the last third with the
+    # middle one. Allocator noise is a few percent: more than 10% (or 32 MiB on a small server) is growth.
+    allowed = max(0.10 * middle, 32.0)
+    return {
+        "rss_series": list(series),
+        "rss_idle_mib": series[0][1] if series else None,
+        "rss_first_third_mib": first,
+        "rss_middle_third_mib": middle,
+        "rss_last_third_mib": last,
+        "rss_max_mib": max(inside, default=0.0),
+        "rss_growth_mib": last - middle,
+        "rss_growth_allowed_mib": allowed,
+        "rss_bounded": last - middle <= allowed,
+    }
 
 
 def run_overload(run: Run, target: Target, capacity: float) -> dict[str, Any]:
@@ -300,71 +336,23 @@ def run_overload(run: Run, target: Target, capacity: float) -> dict[str, Any]:
         time.sleep(1.0)  # a second of idle samples before the load, as the baseline
         load = _load(run, target, cell, (0.0, run.profile.overload_s, OVERLOAD_GRACE_S), 2)
     stats, _ = summarize(load.results, n_texts, n_tokens, (load.t0, load.t1), spread=False)
-    t0, t1 = load.t0, load.t1
-    series = [(round(t - t0, 2), round(rss / 2**20, 1)) for t, rss in sampler.series]
-    inside = [mib for t, mib in series if 0.0 <= t <= t1 - t0]
-    third = max(1, len(inside) // 3)
-    first = sum(inside[:third]) / third
-    middle = sum(inside[third : 2 * third]) / max(1, len(inside[third : 2 * third]))
-    last = sum(inside[-third:]) / third
-    # The first third includes the admission queue filling up (and the allocator growing with it), which a bounded
-    # server does once; what must not happen is growth after that, so the verdict compares the last third with the
-    # middle one. Allocator noise is a few percent: more than 10% (or 32 MiB on a small server) is growth.
-    allowed = max(0.10 * middle, 32.0)
+    series = [(round(t - load.t0, 2), round(rss / 2**20, 1)) for t, rss in sampler.series]
     overload = {
         "rate": rate,
         "duration_s": run.profile.overload_s,
         **stats,
         **load.cpu(),
-        "rss_series": series,
-        "rss_idle_mib": series[0][1] if series else None,
-        "rss_first_third_mib": first,
-        "rss_middle_third_mib": middle,
-        "rss_last_third_mib": last,
-        "rss_max_mib": max(inside, default=0.0),
-        "rss_growth_mib": last - middle,
-        "rss_growth_allowed_mib": allowed,
-        "rss_bounded": last - middle <= allowed,
+        **rss_verdict(series, load.t1 - load.t0),
         "settle_s": servers.settle(server, run.profile.settle_s),
     }
     run.progress(
         f"embedserve overload {rate:.0f} req/s for {run.profile.overload_s:.0f} s: "
         f"429 {100 * stats['rate_429']:.1f}%, err {100 * stats['error_rate']:.1f}%, "
-        f"{stats['embeddings_per_s']:.1f} emb/s served, RSS thirds {first:.0f} / {middle:.0f} / {last:.0f} MiB "
+        f"{stats['embeddings_per_s']:.1f} emb/s served, RSS thirds {overload['rss_first_third_mib']:.0f} / "
+        f"{overload['rss_middle_third_mib']:.0f} / {overload['rss_last_third_mib']:.0f} MiB "
         f"({'bounded' if overload['rss_bounded'] else 'GREW'})"
     )
     return overload
-
-
-@contextlib.contextmanager
-def _spec_for(variant: variants.Variant, options: Options, port: int) -> Iterator[servers.ServerSpec]:
-    """How to launch a variant (with what it needs on disk for as long as it runs)."""
-    if variant.kind == "embedserve":
-        flags = [*variant.flags, *options.embedserve_args]
-        yield servers.embedserve_spec(options.model, port, flags, name=variant.name)
-    elif variant.kind == "naive":
-        yield servers.naive_spec(options.model, port)
-    elif variant.kind == "infinity":
-        servers.ensure_infinity("torch")
-        yield servers.infinity_spec(options.model, port)
-    else:
-        servers.ensure_infinity(options.infinity_flavor)
-        with variants.model_farm(options.model, variants.ensure_onnx(options.model)) as farm:
-            yield servers.infinity_optimum_spec(farm, port, options.infinity_flavor, name=variant.name)
-
-
-def _smoke(spec: servers.ServerSpec) -> tuple[str, list[float]]:
-    """The served model name, after checking one real request returns two vectors."""
-    port = spec.port
-    status, models = servers.http_json(port, "/v1/models")
-    model_name = "bench"
-    if spec.kind == "infinity" and status == 200:
-        # Infinity names the model after the last two components of its path.
-        model_name = models["data"][0]["id"]
-    status, body = servers.http_json(port, "/v1/embeddings", {"input": ["hello world", "a b c"], "model": model_name})
-    if status != 200 or len(body.get("data", [])) != 2:
-        raise servers.ServerError(f"{spec.name}: smoke request got {status}: {str(body)[:300]}")
-    return model_name, body["data"][0]["embedding"]
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -375,31 +363,19 @@ def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
 def run_server(run: Run, name: str) -> None:
     """Start one server variant, run its cells (plus the overload phase where asked), stop it."""
     variant = variants.BY_NAME[name]
-    log = run.options.out / "server-logs.tmp" / f"{name}.log"
-    with _spec_for(variant, run.options, servers.free_port()) as spec, servers.running(spec, log) as server:
-        entry: dict[str, Any] = {
-            "description": variant.description,
-            "argv": spec.argv,
-            "version": variants.server_version(variant, run.options.infinity_flavor),
-        }
-        if variant.kind == "infinity-optimum":
-            entry["infinity_flavor"] = run.options.infinity_flavor
-        if variant.clip_to_max_length:
-            entry["inputs_clipped_to_max_length"] = True
+    with started(run.options, variant) as up:
+        entry, target = up.entry, up.target
         run.results["servers"][name] = entry
-        entry["startup_s"] = server.started_s
-        entry["idle_rss_mib"] = server.rss() / 2**20
-        model_name, vector = _smoke(spec)
-        entry["served_model"], entry["dims"] = model_name, len(vector)
-        if run.reference_vector is None and spec.kind == "embedserve":
-            run.reference_vector = vector
+        if run.reference_vector is None and variant.kind == "embedserve":
+            run.reference_vector = up.vector
         reference = run.reference_vector
-        entry["smoke_cosine_vs_embedserve"] = _cosine(vector, reference) if reference else None
+        entry["smoke_cosine_vs_embedserve"] = _cosine(up.vector, reference) if reference else None
         # Against torch float32 in-process, on the ceiling's mixed texts (all under the maximum length).
-        entry["agreement"] = references.server_agreement(run, spec.port, model_name)
+        entry["agreement"] = references.server_agreement(run, target.server.spec.port, target.model_name)
         cosine = references.cosine_note(entry["agreement"])
-        run.progress(f"{name} up in {server.started_s:.1f} s (model {model_name!r}, {len(vector)} dims{cosine})")
-        target = Target(server, model_name, clip=variant.clip_to_max_length)
+        run.progress(
+            f"{name} up in {entry['startup_s']:.1f} s (model {target.model_name!r}, {entry['dims']} dims{cosine})"
+        )
         cells = [run_cell(run, target, Cell(m, n, concurrency=c)) for m, n, c in run.profile.closed]
         entry["cells"] = cells
         capacity = run.results.get("capacity_rps") or capacity_of(cells)
@@ -415,12 +391,13 @@ def run_server(run: Run, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _worker_pool() -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+def worker_pool(workers: int = 2) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """The load generator's worker processes, started before anything is timed."""
     # spawn, not fork: workers start clean (no inherited threads or tokenizer state) and only import the loadgen.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-        # Start both processes now, so their start-up is never inside a timed window.
-        list(pool.map(_delay_ping, [0.3, 0.3]))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        # Start every process now (each ping holds its worker a moment), so no start-up lands in a timed window.
+        list(pool.map(_delay_ping, [0.3] * workers))
         yield pool
 
 
@@ -438,7 +415,7 @@ def execute(options: Options) -> Path:
         {m for m, _, _ in profile.closed} | set(profile.ceiling_texts) | {"short"}, key=list(LENGTH_MIXES).index
     )
     workload = build_workload(options.model, mixes)
-    with _worker_pool() as pool, tempfile.TemporaryDirectory(prefix="embedserve-bench-") as workdir:
+    with worker_pool() as pool, tempfile.TemporaryDirectory(prefix="embedserve-bench-") as workdir:
         run = Run(options, profile, workload, pool, Path(workdir))
         run.results = _header(options, profile, workload)
         run.progress(f"{profile.name} run, model {options.model}, parts {', '.join(options.only)}")
@@ -450,7 +427,7 @@ def execute(options: Options) -> Path:
             if part in options.only:
                 _run_part(run, part)
         if "ceiling" not in run.results:
-            run.results["hardware"].update(_torch_facts())
+            run.results["hardware"].update(torch_facts())
         else:
             ceiling = run.results["ceiling"]
             run.results["hardware"].update(
@@ -465,15 +442,21 @@ def execute(options: Options) -> Path:
 
 
 def _run_part(run: Run, part: str) -> None:
-    # One failing part (a baseline that will not start) is recorded and the run goes on with the others.
+    if part == "ceiling":
+        guarded(run, part, lambda: references.run_ceilings(run))
+    else:
+        guarded(run, part, lambda: run_server(run, part))
+
+
+def guarded(run: Run, part: str, action: Callable[[], object], section: str | None = "servers") -> None:
+    """Run one part; a failing one (a baseline that will not start) is recorded and the run goes on with the
+    others. A variant whose flags the server rejects is skipped (its entry in ``results[section]`` dropped)."""
     try:
-        if part == "ceiling":
-            references.run_ceilings(run)
-        else:
-            run_server(run, part)
+        action()
     except servers.UsageError as exc:
         # A flag the server does not have yet: not a failure of the run, a variant that cannot be measured today.
-        run.results["servers"].pop(part, None)
+        if section is not None:
+            run.results.get(section, {}).pop(part, None)
         run.results.setdefault("skipped", {})[part] = str(exc)
         run.progress(f"{part} SKIPPED: {exc}")
     except (servers.ServerError, subprocess.CalledProcessError, OSError, KeyError, ValueError) as exc:

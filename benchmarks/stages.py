@@ -63,3 +63,21 @@ def breakdown(before: Scrape, after: Scrape, model: str) -> dict[str, Any] | Non
         "forward_ms_mean": 1000.0 * forward_s / batches if batches else None,
         "padding_ratio": padding / padded if padded else None,
     }
+
+
+def longest_batch_bucket(before: Scrape, after: Scrape, model: str) -> tuple[float, float] | None:
+    """The histogram bucket (lower, upper edge in seconds) that holds the longest forward pass run between the
+    scrapes, from ``embedserve_batch_duration_seconds``; None when no batch ran. The upper edge bounds it."""
+    name = "embedserve_batch_duration_seconds_bucket"
+    edges = sorted(
+        (float(dict(labels)["le"]), count - before.get((sample, labels), 0.0))
+        for (sample, labels), count in after.items()
+        if sample == name and dict(labels).get("model") == model
+    )
+    lower, below = 0.0, 0.0
+    found = None
+    for edge, cumulative in edges:
+        if cumulative > below:
+            found = (lower, edge)
+        lower, below = edge, cumulative
+    return found

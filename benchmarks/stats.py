@@ -89,19 +89,36 @@ def summarize(
         "embeddings_per_s": done_texts / duration,
         "tokens_per_s": done_tokens / duration,
         "sent_per_s": (issued + dropped) / duration,
-        "latency_ms": {
-            "p50": percentile(latencies, 50),
-            "p90": percentile(latencies, 90),
-            "p99": percentile(latencies, 99),
-            "mean": sum(latencies) / len(latencies) if latencies else math.nan,
-            "max": latencies[-1] if latencies else math.nan,
-        },
+        "latency_ms": latency_summary(latencies),
         # Percent of one core used by the load generator during the timed window: shows it was not the bottleneck.
         "loadgen_cpu_pct": 100.0 * cpu_s / duration,
         "loadgen_max_lag_ms": 1000.0 * max((r.max_lag_s for r in results), default=0.0),
         "connections": sum(r.connections for r in results),
     }
     return stats, latencies
+
+
+def latency_summary(sorted_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p90, p99, mean and max of sorted latencies (NaN when there are none)."""
+    return {
+        "p50": percentile(sorted_ms, 50),
+        "p90": percentile(sorted_ms, 90),
+        "p99": percentile(sorted_ms, 99),
+        "mean": sum(sorted_ms) / len(sorted_ms) if sorted_ms else math.nan,
+        "max": sorted_ms[-1] if sorted_ms else math.nan,
+    }
+
+
+def latencies_of(results: Sequence[LoadResult], window: tuple[float, float], status: int) -> list[float]:
+    """Sorted latencies (ms) of the requests sent inside ``window`` that were answered with ``status``."""
+    t0, t1 = window
+    found = [
+        (done - sent) * 1000.0
+        for result in results
+        for sent, done, code in zip(result.sent, result.done, result.status, strict=True)
+        if code == status and t0 <= sent < t1
+    ]
+    return sorted(found)
 
 
 def downsample(sorted_values: Sequence[float], points: int = 400) -> list[float]:

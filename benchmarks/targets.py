@@ -56,7 +56,9 @@ def torch_server(results: dict[str, Any]) -> str:
     return TORCH_VARIANT if results.get("servers", {}).get(TORCH_VARIANT, {}).get("cells") else "embedserve"
 
 
-def _target(name: str, measured: str, required: str, met: bool | None, value: float | None) -> dict[str, Any]:
+def target_row(name: str, measured: str, required: str, met: bool | None, value: float | None) -> dict[str, Any]:
+    """One target: what it is, the measured and required values as text, met (None: reported only, or not
+    measured), and the measured number."""
     return {"target": name, "measured": measured, "required": required, "met": met, "value": value}
 
 
@@ -64,17 +66,17 @@ def _ratio_target(name: str, num: float | None, den: float | None, bound: float,
     sign = ">=" if higher else "<="
     required = f"{sign} {bound:g}x"
     if num is None or den is None or den == 0:
-        return _target(name, "not measured", required, None, None)
+        return target_row(name, "not measured", required, None, None)
     ratio = num / den
     met = ratio >= bound if higher else ratio <= bound
-    return _target(name, f"{ratio:.2f}x ({num:.1f} vs {den:.1f} {unit})", required, met, ratio)
+    return target_row(name, f"{ratio:.2f}x ({num:.1f} vs {den:.1f} {unit})", required, met, ratio)
 
 
 def _below_target(name: str, mine: float | None, theirs: float | None) -> dict[str, Any]:
     if mine is None or theirs is None:
-        return _target(name, "not measured", "< 1x", None, None)
+        return target_row(name, "not measured", "< 1x", None, None)
     measured = f"{mine:.2f} ms vs {theirs:.2f} ms ({mine / theirs:.2f}x)"
-    return _target(name, measured, "< 1x", mine < theirs, mine / theirs)
+    return target_row(name, measured, "< 1x", mine < theirs, mine / theirs)
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -100,16 +102,20 @@ def _torch_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _rss_target(results: dict[str, Any]) -> dict[str, Any]:
-    overload = results.get("overload")
+    return rss_row("RSS bounded under 10x overload", results.get("overload"))
+
+
+def rss_row(name: str, overload: dict[str, Any] | None) -> dict[str, Any]:
+    """The RSS verdict of an overload phase (``runner.rss_verdict``'s fields) as a target."""
     if overload is None:
-        return _target("RSS bounded under 10x overload", "not measured", "bounded", None, None)
+        return target_row(name, "not measured", "bounded", None, None)
     growth = overload["rss_growth_mib"]
     measured = (
         f"middle third {overload['rss_middle_third_mib']:.0f} -> last third "
         f"{overload['rss_last_third_mib']:.0f} MiB ({growth:+.0f} MiB), 429 rate {100 * overload['rate_429']:.0f}%"
     )
     required = f"growth <= {overload['rss_growth_allowed_mib']:.0f} MiB"
-    return _target("RSS bounded under 10x overload", measured, required, bool(overload["rss_bounded"]), growth)
+    return target_row(name, measured, required, bool(overload["rss_bounded"]), growth)
 
 
 def _token_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -191,14 +197,14 @@ def _cpu_target(results: dict[str, Any]) -> dict[str, Any]:
     name = "c=1 single short: embedserve server CPU per request"
     mine = cpu_per_request_short(results, "embedserve")
     if mine is None:
-        return _target(name, "not measured", "reported", None, None)
+        return target_row(name, "not measured", "reported", None, None)
     others = [
         f"{server} {value:.2f} ms"
         for server in (TORCH_VARIANT, INFINITY_OPTIMUM, "infinity")
         if (value := cpu_per_request_short(results, server)) is not None
     ]
     beside = f" (beside: {', '.join(others)})" if others else ""
-    return _target(name, f"{mine:.2f} ms{beside}", "reported", None, mine)
+    return target_row(name, f"{mine:.2f} ms{beside}", "reported", None, mine)
 
 
 def agreement_note(results: dict[str, Any]) -> str:

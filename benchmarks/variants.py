@@ -60,6 +60,20 @@ VARIANTS = (
     ),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
+# The overload command's side by side (benchmarks/overload.py): admission by predicted wait, and the slots alone.
+OVERLOAD_VARIANTS = (
+    Variant(
+        "predicted-wait",
+        "embedserve",
+        "default flags: admission by predicted wait (--max-queue-time, default 1 s) within the slots",
+    ),
+    Variant(
+        "slots-only",
+        "embedserve",
+        "--max-queue-time 0: only the --max-concurrent-requests slots bound admission",
+        flags=("--max-queue-time", "0"),
+    ),
+)
 # The flavor of Infinity's optimum engine the runner uses unless told otherwise: the faster of the two set-ups at 32
 # single-text clients, mixed lengths, on the 2-core box: ORT's OpenVINO provider served 1.05x the CPU provider
 # (56.6 vs 53.9 emb/s, four interleaved rounds each; 1.06x in an earlier measurement). See benchmarks/README.md.
