@@ -47,7 +47,7 @@ from benchmarks.runner import (
     worker_pool,
     write_json,
 )
-from benchmarks.stats import latencies_of, latency_summary, percentile, summarize
+from benchmarks.stats import latencies_of, latency_summary, percentile, server_errors, summarize
 from benchmarks.variants import OVERLOAD_VARIANTS, Variant
 
 # The documented default of --max-queue-time, for a server that does not report its own in /info: the bound the
@@ -225,7 +225,7 @@ def measure_flood(run: Run, target: Target, rate: float, plan: Plan, limits: dic
     after = stages.scrape(servers.HOST, port)
     flood_results, probe_result = load.results[:-1], load.results[-1]
     stats, ok_ms = summarize(flood_results, n_texts, n_tokens, window, spread=False)
-    series = [(round(t - window[0], 2), round(rss / 2**20, 1)) for t, rss in sampler.series]
+    series = sampler.mib_series(window[0])
     record: dict[str, Any] = {
         "rate": rate,
         "duration_s": plan.flood_s,
@@ -233,11 +233,11 @@ def measure_flood(run: Run, target: Target, rate: float, plan: Plan, limits: dic
         **stats,
         **load.cpu(),
         "latency_429_ms": latency_summary(latencies_of(flood_results, window, 429)),
-        "status_5xx": sum(n for code, n in stats["status_counts"].items() if code.isdigit() and int(code) >= 500),
+        "status_5xx": server_errors(stats["status_counts"]),
         "retry_after_s": retry_after(flood_results, window),
         "longest_forward": _longest_forward(flood_results, window, stages.longest_batch_bucket(before, after, "bench")),
         "batches": stages.breakdown(before, after, target.model_name),
-        "probe": probe_summary(probe_result, window, plan.idle_s),
+        "probe": probe_summary(probe_result, window, (plan.idle_s, plan.after_s)),
         "timeline": timeline(flood_results, window, (plan.idle_s, plan.after_s), ok_ms),
         **rss_verdict(series, plan.flood_s),
         "settle_s": servers.settle(server, run.profile.settle_s),
@@ -311,19 +311,21 @@ def _longest_forward(
     }
 
 
-def probe_summary(result: LoadResult, window: tuple[float, float], idle_s: float) -> dict[str, Any]:
-    """The prober's idle median (before the flood), and how long after the flood's last arrival its first
-    answer of normal latency (200 within twice the idle median) came back."""
+def probe_summary(result: LoadResult, window: tuple[float, float], margins: tuple[float, float]) -> dict[str, Any]:
+    """The prober's idle median (over ``margins[0]`` seconds before the flood), and how long after the flood's last
+    arrival its first answer of normal latency (200 within twice the idle median) came back."""
     t0, t1 = window
+    idle_s, after_s = margins
     points = [(sent - t0, (done - sent) * 1000.0, status) for sent, done, status, _ in _records([result])]
     idle = sorted(ms for t, ms, status in points if status == 200 and -idle_s <= t < 0)
     idle_p50 = percentile(idle, 50)
-    threshold = 2.0 * idle_p50
+    threshold = overload_report.NORMAL_FACTOR * idle_p50
     flood_end = t1 - t0
     normal = [t + ms / 1000.0 for t, ms, status in points if t >= flood_end and status == 200 and ms <= threshold]
     first_done = min(normal, default=None)
     return {
         "requests": len(points),
+        "after_s": after_s,
         "idle_samples": len(idle),
         "idle_p50_ms": idle_p50,
         "normal_threshold_ms": threshold,

@@ -94,7 +94,8 @@ def _recovery_target(label: str, e: dict[str, Any]) -> dict[str, Any]:
     threshold = f"normal: 200 within {probe['normal_threshold_ms']:.1f} ms = {NORMAL_FACTOR:g}x idle p50 "
     threshold += f"{probe['idle_p50_ms']:.1f} ms"
     if probe["recovery_s"] is None:
-        return target_row(name, f"none in the probe's time after the flood ({threshold})", "<= 1 s", False, None)
+        measured = f"none within the {probe.get('after_s', '-')} s probed after the flood ({threshold})"
+        return target_row(name, measured, f"<= {RECOVERY_S:g} s", False, None)
     measured = f"{probe['recovery_s']:.2f} s ({threshold})"
     return target_row(name, measured, f"<= {RECOVERY_S:g} s", probe["recovery_s"] <= RECOVERY_S, probe["recovery_s"])
 
@@ -140,8 +141,14 @@ def markdown(results: dict[str, Any]) -> str:
         if cap
         else "not measured"
     )
+    quick = (
+        ["", "Quick mode: a smoke run of the harness; its flood and soak are too short for the targets to mean much."]
+        if results["mode"] == "quick"
+        else []
+    )
     lines = [
         "# embedserve under overload",
+        *quick,
         "",
         f"- date: {results['date']}, mode: {results['mode']}, wall time: {num(results.get('wall_s'), 0)} s",
         f"- command: `{results['command']}`",
@@ -149,6 +156,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- model: `{results['model']}`",
         f"- embedserve extra args: `{results['embedserve_args'] or '(none)'}`",
         f"- capacity: {capacity}",
+        f"- machine busy before the run: {num(results.get('idle_check_cpu_pct'), 0)}% of a core (other CPU during "
+        "each part is in its table: anything well above a few percent means noisy numbers)",
         "",
         "## Targets",
         "",
@@ -177,6 +186,7 @@ def _flood_rows(e: dict[str, Any]) -> list[tuple[str, str]]:
     others = {k: v for k, v in e["status_counts"].items() if k not in ("200", "429")}
     bucket = fwd["histogram_bucket_s"]
     batches = e.get("batches") or {}
+    client = f"{e.get('client_connections_max', '-')}, {e['client_dropped']}, {num(e['loadgen_max_lag_ms'], 0)}"
     return [
         ("what", e["description"]),
         ("offered", f"{e['rate']:.0f} req/s for {e['duration_s']:.0f} s ({e['sent_per_s']:.0f} req/s sent)"),
@@ -189,13 +199,13 @@ def _flood_rows(e: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "longest forward pass: x-inference-time max / p99 (ms)",
             f"{num(_ms(fwd['client_max_s']), 0)} / {num(_ms(fwd['client_p99_s']), 0)}",
-        ),  # fmt: skip
+        ),
         ("longest forward pass: histogram bucket (s)", f"{bucket[0]:g} - {bucket[1]:g}" if bucket else "-"),
         (
             "batches: count, inputs / batch, mean forward (ms)",
             f"{batches.get('batches', '-')}, {num(batches.get('batch_inputs_mean'))}, "
             f"{num(batches.get('forward_ms_mean'), 0)}",
-        ),  # fmt: skip
+        ),
         ("Retry-After values (s: count)", ", ".join(f"{v}: {n:,}" for v, n in e["retry_after_s"]["counts"].items())),
         ("probe idle p50 (ms)", num(probe["idle_p50_ms"], 1)),
         ("recovery after the flood (s)", num(probe["recovery_s"], 2)),
@@ -203,9 +213,9 @@ def _flood_rows(e: dict[str, Any]) -> list[tuple[str, str]]:
             "RSS idle / thirds / max (MiB)",
             f"{num(e['rss_idle_mib'], 0)} / {e['rss_first_third_mib']:.0f}, {e['rss_middle_third_mib']:.0f}, "
             f"{e['rss_last_third_mib']:.0f} / {e['rss_max_mib']:.0f}",
-        ),  # fmt: skip
+        ),
         ("server CPU / other CPU (% of a core)", f"{num(e['server_cpu_pct'], 0)} / {num(e['other_cpu_pct'], 0)}"),
-        ("client drops, load generator lag (ms)", f"{e['client_dropped']}, {num(e['loadgen_max_lag_ms'], 0)}"),
+        ("client connections (most), drops, load generator lag (ms)", client),
     ]
 
 

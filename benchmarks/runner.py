@@ -336,7 +336,7 @@ def run_overload(run: Run, target: Target, capacity: float) -> dict[str, Any]:
         time.sleep(1.0)  # a second of idle samples before the load, as the baseline
         load = _load(run, target, cell, (0.0, run.profile.overload_s, OVERLOAD_GRACE_S), 2)
     stats, _ = summarize(load.results, n_texts, n_tokens, (load.t0, load.t1), spread=False)
-    series = [(round(t - load.t0, 2), round(rss / 2**20, 1)) for t, rss in sampler.series]
+    series = sampler.mib_series(load.t0)
     overload = {
         "rate": rate,
         "duration_s": run.profile.overload_s,

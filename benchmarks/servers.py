@@ -288,6 +288,10 @@ class RssSampler:
             if self._stop.wait(self.interval_s):
                 return
 
+    def mib_series(self, t0: float) -> list[tuple[float, float]]:
+        """The samples as (seconds since ``t0``, MiB), rounded for results.json."""
+        return [(round(t - t0, 2), round(rss / 2**20, 1)) for t, rss in self.series]
+
     def __enter__(self) -> RssSampler:
         self._thread.start()
         return self

@@ -23,7 +23,7 @@ from benchmarks.launch import Target
 from benchmarks.loadgen import LoadResult, LoadSpec, build_request
 from benchmarks.plan import SEED, Workload
 from benchmarks.runner import Run, drive
-from benchmarks.stats import latency_summary, summarize
+from benchmarks.stats import latency_summary, server_errors, summarize
 
 SOAK_FRACTION = 0.7
 DEFAULT_PAYLOAD_LIMIT = 2_000_000  # embedserve's --payload-limit default
@@ -150,7 +150,7 @@ def run_soak(
     with servers.RssSampler(target.server, interval_s, keep_series=True) as sampler:
         load = drive(run, target.server, [spec], window, tick=_ticker(run, sampler, spec.t0))
     stats, _ = summarize(load.results, [r.texts for r in requests], tokens, window, spread=False)
-    series = [(round(t - spec.t0, 2), round(rss / 2**20, 1)) for t, rss in sampler.series]
+    series = sampler.mib_series(spec.t0)
     by_kind = per_kind(load.results[0], requests, window)
     record = {
         "minutes": minutes,
@@ -161,7 +161,7 @@ def run_soak(
         "kinds": {kind: {"percent": share, "expected": status} for kind, (share, status) in KINDS.items()},
         **stats,
         **load.cpu(),
-        "status_5xx": sum(n for code, n in stats["status_counts"].items() if code.isdigit() and int(code) >= 500),
+        "status_5xx": server_errors(stats["status_counts"]),
         "by_kind": by_kind,
         "unexpected": sum(k["unexpected"] for k in by_kind.values()),
         "rss": rss_slope(series, (min(RSS_WARMUP_MAX_S, 60.0 * minutes / 5.0), 60.0 * minutes)),

@@ -121,6 +121,11 @@ def latencies_of(results: Sequence[LoadResult], window: tuple[float, float], sta
     return sorted(found)
 
 
+def server_errors(status_counts: dict[str, int]) -> int:
+    """How many answers were 5xx, from a ``status_counts`` (keys: HTTP statuses and pseudo-status names)."""
+    return sum(n for code, n in status_counts.items() if code.isdigit() and int(code) >= 500)
+
+
 def downsample(sorted_values: Sequence[float], points: int = 400) -> list[float]:
     """At most ``points`` evenly spaced quantiles of sorted values (always keeping the first and last)."""
     if len(sorted_values) <= points:
