@@ -194,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from embedserve import logs
     from embedserve.http.app import create_app, drain
+    from embedserve.http.server import uvicorn_config
 
     logs.configure(json_output=settings.server.json_output, level=settings.server.log_level)
     failures: list[BaseException] = []
@@ -224,15 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(self, "_captured_signals", []).clear()
 
     app = create_app(settings, on_load_error=on_load_error)
-    config = uvicorn.Config(
-        app,
-        host=settings.server.hostname,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,  # embedserve writes its own access line per request (embedserve.access)
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.edge.graceful_shutdown_timeout) + 1,
-    )
+    config = uvicorn_config(app, settings, timeout_graceful_shutdown=int(settings.edge.graceful_shutdown_timeout) + 1)
     server = Server(config)
     server.run()
     return 1 if failures else 0

@@ -180,6 +180,56 @@ class BackendError(EmbedServeError):
     code = "internal_error"
 
 
+class MalformedRequestError(EmbedServeError):
+    """The request is not valid HTTP: a broken or lying chunked body, a garbled head. The connection closes after
+    the answer (the parser cannot find the next request in what follows)."""
+
+    status = 400
+    error_type = "MalformedRequest"
+    openai_type = "invalid_request_error"
+    code = "malformed_request"
+    reason = "malformed"
+
+
+class RequestTimeoutError(EmbedServeError):
+    """The request head (``--header-timeout``) or body (``--body-timeout``) did not arrive in time; the connection
+    closes after the answer."""
+
+    status = 408
+    error_type = "RequestTimeout"
+    openai_type = "invalid_request_error"
+    code = "request_timeout"
+    reason = "timeout"
+
+
+class HeadersTooLargeError(EmbedServeError):
+    """The request head is over ``--max-header-bytes`` or carries more than ``--max-headers`` fields."""
+
+    status = 431
+    error_type = "HeadersTooLarge"
+    openai_type = "invalid_request_error"
+    code = "headers_too_large"
+    reason = "headers_too_large"
+
+
+class ResponseTooLargeError(ValidationError):
+    """The answer would be over ``--max-response-bytes`` (``/tokenize``, ``/decode``, ``/embed_sparse``, whose
+    answers grow with the content sent, not with the settings); the message says how to ask for less."""
+
+    code = "response_too_large"
+    reason = "response_too_large"
+
+
+class TooManyConnectionsError(EmbedServeError):
+    """The connection is over ``--max-connections``: its first request gets this and the connection closes."""
+
+    status = 503
+    error_type = "Overloaded"
+    openai_type = "server_error"
+    code = "too_many_connections"
+    reason = "connections"
+
+
 class ModelLoadError(RuntimeError):
     """The model cannot be served as configured; the message says why and what to change.
 

@@ -20,7 +20,7 @@ from embedserve.model_settings import ModelSettings as ModelSettings
 from embedserve.model_settings import Pooling as Pooling
 from embedserve.model_settings import Quantize as Quantize
 from embedserve.options import SettingsError as SettingsError
-from embedserve.options import opt, positive
+from embedserve.options import flag_name, opt, positive
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -60,12 +60,80 @@ class ServerSettings:
         default="info",
         metadata=opt("Lowest level logged. debug adds per-batch detail; warning keeps only problems and start-up."),
     )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=opt(
+            "Seconds a client has to send a request's whole head (request line and headers), counted from the "
+            "connection's opening for its first request and from the first byte for the next ones. Past it the "
+            "client gets 408 and the connection closes (a slowloris client holds nothing for longer). A head "
+            "takes milliseconds; raise it only for very slow links."
+        ),
+    )
+    body_timeout: float = field(
+        default=30.0,
+        metadata=opt(
+            "Seconds a client has to send a request's whole body once its head has arrived. Past it the client "
+            "gets 408 and the connection closes. 30 s carries a --payload-limit body over a link of 64 KiB/s; raise "
+            "it for slower clients, lower it to free connections held by stalled ones sooner."
+        ),
+    )
+    keep_alive_timeout: float = field(
+        default=5.0,
+        metadata=opt(
+            "Seconds an idle keep-alive connection stays open between requests. Behind a load balancer that reuses "
+            "connections, set it above the balancer's idle timeout (e.g. 65 for an AWS ALB's 60) so the server "
+            "never closes a connection the balancer is about to use."
+        ),
+    )
+    max_header_bytes: int = field(
+        default=32768,
+        metadata=opt(
+            "Largest request head (request line and headers) in bytes; a larger one gets 431 and the connection "
+            "closes. Heads are counted as they arrive, so a larger one is never held in memory whole. 32 KiB fits "
+            "long bearer tokens and trace headers with room to spare."
+        ),
+    )
+    max_headers: int = field(
+        default=100,
+        metadata=opt(
+            "Most header fields one request may carry; more get 431. Real clients send about 5 to 20; raise it "
+            "only if a proxy in front adds many of its own."
+        ),
+    )
+    max_connections: int = field(
+        default=1024,
+        metadata=opt(
+            "Open client connections served at once. A connection over it gets 503 Overloaded (JSON, Retry-After) "
+            "for its first request and is closed; past twice this many, new connections are closed unanswered. "
+            "Keep it under the process's open-file limit (ulimit -n); 0 turns the cap off."
+        ),
+    )
+    max_response_bytes: int = field(
+        default=4_000_000,
+        metadata=opt(
+            "Largest answer of /tokenize, /decode and /embed_sparse, in bytes (estimated before it is built): these "
+            "answers grow with what a client sends (a 1 MB text tokenizes to about 12 MB of JSON), unlike the "
+            "embedding routes, which --max-client-batch-size bounds. A larger answer gets 422 saying how to ask for "
+            "less."
+        ),
+    )
 
     def check(self) -> None:
         """Reject values that cannot work, naming the flag to change."""
         if not 0 < self.port < 65536:
             raise SettingsError(f"--port {self.port} is not a TCP port (1-65535)")
         positive("payload_limit", self.payload_limit)
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            seconds = getattr(self, name)
+            if not seconds > 0:
+                raise SettingsError(f"{flag_name(name)} must be a positive number of seconds, got {seconds}")
+        if self.max_header_bytes < 1024:
+            raise SettingsError(f"--max-header-bytes must be at least 1024 (a usable request head), got "
+                                f"{self.max_header_bytes}")  # fmt: skip
+        positive("max_headers", self.max_headers)
+        if self.max_connections < 0:
+            raise SettingsError(f"--max-connections must be 0 (off) or positive, got {self.max_connections}")
+        positive("max_response_bytes", self.max_response_bytes)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,7 +24,7 @@ from embedserve.core.batching import Batch
 from embedserve.core.registry import Registry, default_loader
 from embedserve.core.runtime import Loader
 from embedserve.errors import ModelLoadError
-from embedserve.http.edge import AppContext, handle_http_exception
+from embedserve.http.edge import AppContext, HeadGuard, handle_http_exception
 from embedserve.http.governor import Governor
 from embedserve.http.keys import ApiKeys
 from embedserve.http.routes import openai, scoring, tei, tokens
@@ -77,7 +77,10 @@ def create_app(
                 await registry.drain(settings.edge.graceful_shutdown_timeout)
                 ctx.tracing.shutdown()
 
-    middleware = []
+    # The guard comes first: a request the connection layer refused, or whose head is over the limits, gets its
+    # answer before CORS or routing look at it.
+    middleware = [Middleware(HeadGuard, max_headers=settings.server.max_headers,
+                             max_header_bytes=settings.server.max_header_bytes)]  # fmt: skip
     if settings.edge.cors_allow_origin:
         middleware.append(
             Middleware(

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedserve.core.registry import Registry
 from embedserve.core.runtime import Timings
-from embedserve.errors import BackendError, EmbedServeError, from_http_status
+from embedserve.errors import BackendError, EmbedServeError, HeadersTooLargeError, from_http_status
 from embedserve.http.governor import Governor
 from embedserve.http.keys import ANONYMOUS, ApiKeys
+from embedserve.http.protocol import CLOSE, STATE_KEY
 from embedserve.http.web import REQUEST_ID_HEADER, ClientDisconnectedError, error_response, request_id
 from embedserve.metrics import Metrics
 from embedserve.settings import Settings
@@ -95,7 +97,7 @@ def endpoint(route: str, guard: Guard = "key") -> Callable[[Handler], Handler]:
                 else:
                     ctx.metrics.rejected.labels(exc.reason).inc()
                 response = error_response(request, exc)
-            except ClientDisconnectedError:
+            except (ClientDisconnectedError, ClientDisconnect):
                 response = Response(status_code=499)  # nobody reads it; uvicorn drops it
             except Exception as exc:
                 rid = request_id(request)
@@ -112,19 +114,65 @@ def endpoint(route: str, guard: Guard = "key") -> Callable[[Handler], Handler]:
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Framework errors (unknown route, wrong method), as JSON in the route family's shape, recorded like the rest."""
+    """Framework errors (unknown route, wrong method), as JSON in the route family's shape, recorded like the rest.
+    A 405 keeps the ``Allow`` header Starlette computed from the route's methods."""
     assert isinstance(exc, HTTPException)
-    started = time.perf_counter()
     if exc.status_code == 404:
         err: EmbedServeError = from_http_status(404, f"no route for {request.method} {request.url.path}")
     elif exc.status_code == 405:
         err = from_http_status(405, f"{request.method} is not allowed on {request.url.path}")
     else:
         err = from_http_status(exc.status_code, str(exc.detail))
+    err.headers.update(exc.headers or {})
+    return reject(request, err)
+
+
+def reject(request: Request, err: EmbedServeError) -> Response:
+    """Answer ``err`` to a request no route handled, counted and logged like every other answer."""
+    started = time.perf_counter()
     context(request).metrics.rejected.labels(err.reason).inc()
     response = error_response(request, err)
     record(request, "unmatched", response.status_code, started, Facts(), ANONYMOUS)
     return response
+
+
+class HeadGuard:
+    """ASGI middleware in front of every route. It answers what the connection layer refused
+    (:mod:`embedserve.http.protocol`: a head too slow, too large or garbled, a connection over the cap) and heads
+    over --max-headers or --max-header-bytes (which it checks itself, so the bound holds under any ASGI server)."""
+
+    def __init__(self, app: ASGIApp, *, max_headers: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            err = self.refusal(scope)
+            if err is not None:
+                await reject(Request(scope, receive), err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> EmbedServeError | None:
+        """The error to answer instead of routing the request, if any."""
+        state = scope.get(STATE_KEY)
+        if state is not None and state.rejection is not None:
+            rejection: EmbedServeError = state.rejection
+            return rejection
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if len(headers) > self.max_headers:
+            return HeadersTooLargeError(
+                f"the request carries {len(headers)} header fields, over the limit of {self.max_headers} "
+                "(--max-headers); send fewer", headers=dict(CLOSE))  # fmt: skip
+        # Request line and header lines as sent: "NAME: value\r\n" each.
+        size = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + 12
+        size += sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.max_header_bytes:
+            return HeadersTooLargeError(
+                f"the request head is over the {self.max_header_bytes}-byte limit (--max-header-bytes); send "
+                "shorter headers", headers=dict(CLOSE))  # fmt: skip
+        return None
 
 
 def record(request: Request, route: str, status: int, started: float, found: Facts, kid: str) -> None:

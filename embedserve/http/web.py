@@ -9,18 +9,22 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
 from embedserve.core.runtime import Timings
 from embedserve.errors import (
     EmbedServeError,
+    MalformedRequestError,
     PayloadTooLargeError,
+    RequestTimeoutError,
+    ResponseTooLargeError,
     UnsupportedMediaTypeError,
     render_openai,
     render_tei,
 )
+from embedserve.http.protocol import CLOSE, STATE_KEY
 
 T = TypeVar("T")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -46,8 +50,13 @@ def request_id(request: Request) -> str:
     return rid
 
 
-async def read_json_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing non-JSON content types (415) and bodies over ``limit`` bytes (413) while streaming."""
+async def read_json_body(request: Request, limit: int, body_timeout: float) -> bytes:
+    """The raw body, refusing non-JSON content types (415) and bodies over ``limit`` bytes (413) while streaming.
+
+    The whole body must arrive within ``body_timeout`` seconds (else 408, and the connection closes). A client that goes
+    away mid-body raises :class:`ClientDisconnectedError` (recorded as 499, never a 500); a body the connection
+    layer found broken (a lying chunked encoding) is a 400.
+    """
     content_type = request.headers.get("content-type")
     if content_type is not None:
         media = content_type.split(";", 1)[0].strip().lower()
@@ -58,12 +67,35 @@ async def read_json_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLargeError(f"request body of {declared} bytes is over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"request body is over the {limit}-byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {body_timeout:g} s (--body-timeout); send it at once",
+            headers=dict(CLOSE),
+        ) from None
+    except ClientDisconnect:
+        raise ClientDisconnectedError from None
+    state = request.scope.get(STATE_KEY)
+    if state is not None and state.body_error is not None:
+        raise MalformedRequestError(state.body_error, headers=dict(CLOSE))
     return b"".join(chunks)
+
+
+def check_answer_size(estimate: int, limit: int, what: str, advice: str, *, param: str) -> None:
+    """Refuse (422) an answer estimated at over ``limit`` bytes before building it, saying what made it large and
+    how to ask for less."""
+    if estimate > limit:
+        raise ResponseTooLargeError(
+            f"the answer would be about {estimate:,} bytes ({what}), over the {limit:,}-byte limit "
+            f"(--max-response-bytes); {advice}",
+            param=param,
+        )
 
 
 async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:

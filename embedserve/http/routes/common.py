@@ -30,8 +30,9 @@ R = TypeVar("R", bound=Computed)
 
 
 async def read_body(request: Request) -> dict[str, Any]:
-    """The JSON object body, within --payload-limit."""
-    return decode_json_object(await read_json_body(request, context(request).settings.server.payload_limit))
+    """The JSON object body, within --payload-limit and --body-timeout."""
+    server = context(request).settings.server
+    return decode_json_object(await read_json_body(request, server.payload_limit, server.body_timeout))
 
 
 def resolve(request: Request, model: str | None) -> ModelRuntime:

@@ -18,7 +18,7 @@ from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, endpoint
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_sparse, parse_tei_embed
-from embedserve.http.web import json_response, request_id
+from embedserve.http.web import check_answer_size, json_response, request_id
 
 
 @endpoint("/embed")
@@ -31,6 +31,12 @@ async def embed(request: Request) -> Response:
     return json_response(result.vectors, headers=headers)
 
 
+SPARSE_TERM_BYTES = 44
+"""``{"index":2103,"value":1.3094232082366943},``: a SPLADE answer grows with the input (up to the vocabulary)."""
+SPARSE_TOKEN_BYTES = 20
+"""``,"token":"..."`` with a typical word piece."""
+
+
 @endpoint("/embed_sparse")
 async def embed_sparse(request: Request) -> Response:
     """SPLADE vectors: ``[[{"index": int, "value": float, "token"?: str}, ...], ...]``, zeros dropped."""
@@ -41,6 +47,14 @@ async def embed_sparse(request: Request) -> Response:
         prompt_name=parsed.prompt_name, top_k=parsed.top_k, request_id=request_id(request), deadline=deadline(request),
     )  # fmt: skip
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
+    terms_sent = sum(len(indices) for indices, _ in result.rows)
+    check_answer_size(
+        terms_sent * (SPARSE_TERM_BYTES + (SPARSE_TOKEN_BYTES if parsed.return_tokens else 0)),
+        context(request).settings.server.max_response_bytes,
+        f"{terms_sent:,} non-zero terms",
+        "keep the heaviest terms with top_k, or send fewer inputs per request",
+        param="top_k",
+    )
     tokenizers, _ = runtime.require(Capability.SPARSE)
     body = []
     for indices, values in result.rows:
