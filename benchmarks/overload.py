@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import math
 import os
 import re
@@ -109,8 +110,6 @@ def execute(options: Options, plan: Plan) -> Path:
 
 def render(out: Path) -> Path:
     """Recompute the targets and rewrite overload.md and the plots from an existing overload.json."""
-    import json
-
     path = out / "overload.json"
     results = json.loads(path.read_text())
     results["targets"] = overload_report.targets(results)

@@ -280,7 +280,9 @@ def _how_section(results: dict[str, Any]) -> list[str]:
         "- **Capacity**: the best closed-loop cell of single mixed-length texts (concurrencies "
         f"{', '.join(str(c) for c in plan.get('capacity_concurrency', []))}) on the first server, as in the main run; "
         "both servers are flooded at 10x it. Each server's own capacity is in the flood table.",
-        "- **Flood**: open loop, Poisson arrivals of single mixed-length texts from two load processes. Statuses, "
+        "- **Flood**: open loop, Poisson arrivals of single mixed-length texts from two load processes, whose "
+        "connections together stay under the server's `--max-connections` (over it, a connection's first request "
+        "gets 503): arrivals that find all of them busy are client drops, in the table. Statuses, "
         "latencies and Retry-After cover the requests sent inside the flood; goodput counts the embeddings answered "
         "200 that completed inside it, per second. 5xx, connection errors and requests unanswered 20 s after the "
         "flood all count against the first target.",
