@@ -106,12 +106,7 @@ class Admission:
                 f"model {name!r} is overloaded: all {self.capacity} input slots are taken; retry soon",
                 headers={"Retry-After": retry},
             )
-        if self.max_queue_time > 0 and wait > self.max_queue_time:
-            raise OverloadedError(
-                f"model {name!r} is overloaded: the predicted wait of {wait:.2f} s is over the {self.max_queue_time:g} "
-                "s limit (--max-queue-time); retry after the Retry-After seconds",
-                headers={"Retry-After": _retry_after(wait, self.max_queue_time)},
-            )
+        self.shed(tokens_ahead, name)
         if deadline_in is not None and wait > deadline_in:
             raise DeadlineExceededError(
                 f"the request's deadline ({max(0.0, deadline_in) * 1000:.0f} ms left) is shorter than the predicted "
@@ -119,6 +114,17 @@ class Admission:
             )
         self.in_use += n
         self.tokenizing_tokens += estimate
+
+    def shed(self, tokens_ahead: float, name: str) -> None:
+        """429 before a request is even read, when the work ahead alone is over the limit: under a flood this keeps
+        each refusal cheap (no body parsing, no tokenizing), so the cores stay with the admitted work."""
+        wait = self.predicted_wait(tokens_ahead + self.tokenizing_tokens)
+        if self.max_queue_time > 0 and wait > self.max_queue_time:
+            raise OverloadedError(
+                f"model {name!r} is overloaded: the predicted wait of {wait:.2f} s is over the {self.max_queue_time:g} "
+                "s limit (--max-queue-time); retry after the Retry-After seconds",
+                headers={"Retry-After": _retry_after(wait, self.max_queue_time)},
+            )
 
     def tokenized(self, estimate: float) -> None:
         """The request admitted with ``estimate`` is tokenized: its real tokens are now counted by the queue."""

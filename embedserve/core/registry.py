@@ -10,7 +10,7 @@ from embedserve import engines
 from embedserve.core.batching import Batch
 from embedserve.core.runtime import Loader, ModelRuntime, State
 from embedserve.engines.base import InferenceModel, ModelInfo
-from embedserve.errors import ModelLoadError, ModelNotFoundError
+from embedserve.errors import ModelLoadError, ModelNotFoundError, OverloadedError
 from embedserve.settings import ModelSettings, Settings
 
 log = logging.getLogger("embedserve.registry")
@@ -41,6 +41,21 @@ class Registry:
             served = ", ".join(repr(n) for n in self.runtimes)
             raise ModelNotFoundError(f"model {name!r} is not served here; served models: {served}", param="model")
         return runtime
+
+    def shed(self) -> None:
+        """429 at once when every model is over its predicted-wait limit, before a request is read: whichever model
+        it names, it would be refused. With one model that is exact; with several, a request for a model with room
+        is read and routed as usual."""
+        first: Exception | None = None
+        for runtime in self.runtimes.values():
+            try:
+                runtime.shed()
+            except OverloadedError as exc:
+                first = first or exc
+                continue
+            return
+        if first is not None:
+            raise first
 
     async def start(self, on_batch: Callable[[str, Batch], None] | None = None, *, partial: bool = False) -> None:
         """Load every model, one after the other (they may share a GPU). Raises on the first failure, unless

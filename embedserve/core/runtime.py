@@ -230,6 +230,12 @@ class ModelRuntime:
             )
         return tokenizers, info
 
+    def shed(self) -> None:
+        """429 at once when the work already ahead is predicted to take longer than --max-queue-time (see
+        :meth:`Admission.shed`); nothing when the model is not ready (the pipeline answers that)."""
+        if self._queue is not None and self.state is State.READY:
+            self.admission.shed(self._queue.tokens_ahead, self.name)
+
     def check_batch_size(self, n: int, param: str) -> None:
         """Requests carry at most --max-client-batch-size inputs."""
         if n > self.spec.max_client_batch_size:

@@ -87,7 +87,15 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=list(settings.edge.cors_allow_origin),
                 allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type", "x-request-id", "traceparent", "tracestate"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "x-request-id",
+                    "traceparent",
+                    "tracestate",
+                    "x-request-timeout-ms",
+                    "grpc-timeout",
+                ],
                 expose_headers=EXPOSED_HEADERS,
             )
         )

@@ -53,6 +53,15 @@ def test_a_request_predicted_to_wait_past_max_queue_time_gets_429_with_retry_aft
             tei = await client.post("/embed", json={"inputs": "a short query"})
             assert tei.status_code == 429
             assert tei.json()["error_type"] == "Overloaded"
+            # Shed before the body is read: not even a malformed body is parsed while the work ahead is over the
+            # limit; the keep-alive connection carries on.
+            unread = await client.post(
+                "/embed", content=b'{"inputs": [broken', headers={"content-type": "application/json"}
+            )
+            assert unread.status_code == 429
+            assert unread.headers.get("connection") != "close"
+            tokenize = await client.post("/tokenize", json={"inputs": "tokenizing is not queued work"})
+            assert tokenize.status_code == 200
             gauges = {
                 line.split("{")[0]: float(line.rsplit(" ", 1)[1])
                 for line in (await client.get("/metrics")).text.splitlines()

@@ -29,9 +29,13 @@ class Computed(Protocol):
 R = TypeVar("R", bound=Computed)
 
 
-async def read_body(request: Request) -> dict[str, Any]:
-    """The JSON object body, within --payload-limit and --body-timeout."""
-    server = context(request).settings.server
+async def read_body(request: Request, *, batched: bool = True) -> dict[str, Any]:
+    """The JSON object body, within --payload-limit and --body-timeout. For work that goes through the batch queue
+    (``batched``), a flood is refused first, before the body is read (see :meth:`Registry.shed`)."""
+    ctx = context(request)
+    if batched:
+        ctx.registry.shed()
+    server = ctx.settings.server
     return decode_json_object(await read_json_body(request, server.payload_limit, server.body_timeout))
 
 

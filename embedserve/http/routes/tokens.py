@@ -24,7 +24,7 @@ TOKENIZE_ADVICE = "tokenize fewer or shorter inputs per request"
 @endpoint("/tokenize")
 async def tokenize(request: Request) -> Response:
     """``[[{"id", "text", "special", "start", "stop"}, ...], ...]``; offsets are character positions in the input."""
-    parsed = parse_tokenize(await read_body(request))
+    parsed = parse_tokenize(await read_body(request, batched=False))
     runtime = resolve(request, parsed.model)
     limit = context(request).settings.server.max_response_bytes
     # Before tokenizing (half a second per MB of text): every whitespace-separated word is at least one token for
@@ -50,7 +50,7 @@ async def tokenize(request: Request) -> Response:
 @endpoint("/decode")
 async def decode(request: Request) -> Response:
     """``["text", ...]``, one string per list of ids."""
-    parsed = parse_decode(await read_body(request))
+    parsed = parse_decode(await read_body(request, batched=False))
     runtime = resolve(request, parsed.model)
     texts = await until_disconnect(
         request.receive, tasks.decode(runtime, parsed.ids, skip_special_tokens=parsed.skip_special_tokens)
