@@ -209,11 +209,10 @@ def measure_flood(run: Run, target: Target, rate: float, plan: Plan, limits: dic
     flood_at = probe_at + plan.idle_s
     cell = Cell("mixed", 1, rate=rate, rate_note="10x capacity")
     flood = cell_specs(run, target, cell, (0.0, plan.flood_s, OVERLOAD_GRACE_S), 2, start_at=flood_at)
-    cap = limits["max_connections"]
-    per_worker = (
-        min(flood[0].max_connections, (cap - CONNECTION_HEADROOM) // 2) if cap > 0 else flood[0].max_connections
-    )
-    flood = [replace(spec, capture=FLOOD_CAPTURE, max_connections=max(1, per_worker)) for spec in flood]
+    per_worker = flood[0].max_connections
+    if limits["max_connections"] > 0:  # 0: the server's cap is off
+        per_worker = max(1, min(per_worker, (limits["max_connections"] - CONNECTION_HEADROOM) // len(flood)))
+    flood = [replace(spec, capture=FLOOD_CAPTURE, max_connections=per_worker) for spec in flood]
     probe = LoadSpec(servers.HOST, port, probe_bodies, start_at=probe_at, warmup_s=0.0,
                      duration_s=plan.idle_s + plan.flood_s + plan.after_s, grace_s=OVERLOAD_GRACE_S,
                      rate=plan.probe_rate, seed=SEED + 31, steady=True, capture=("retry-after",))  # fmt: skip
@@ -223,7 +222,7 @@ def measure_flood(run: Run, target: Target, rate: float, plan: Plan, limits: dic
         load = drive(run, server, [*flood, probe], window)
     after = stages.scrape(servers.HOST, port)
     flood_results, probe_result = load.results[:-1], load.results[-1]
-    stats, ok_ms = summarize(flood_results, n_texts, n_tokens, window, spread=False)
+    stats, _ = summarize(flood_results, n_texts, n_tokens, window, spread=False)
     series = sampler.mib_series(window[0])
     record: dict[str, Any] = {
         "rate": rate,
@@ -234,10 +233,12 @@ def measure_flood(run: Run, target: Target, rate: float, plan: Plan, limits: dic
         "latency_429_ms": latency_summary(latencies_of(flood_results, window, 429)),
         "status_5xx": server_errors(stats["status_counts"]),
         "retry_after_s": retry_after(flood_results, window),
-        "longest_forward": _longest_forward(flood_results, window, stages.longest_batch_bucket(before, after, "bench")),
+        "longest_forward": _longest_forward(
+            flood_results, window, stages.longest_batch_bucket(before, after, target.model_name)
+        ),
         "batches": stages.breakdown(before, after, target.model_name),
         "probe": probe_summary(probe_result, window, (plan.idle_s, plan.after_s)),
-        "timeline": timeline(flood_results, window, (plan.idle_s, plan.after_s), ok_ms),
+        "timeline": timeline(flood_results, window, (plan.idle_s, plan.after_s)),
         **rss_verdict(series, plan.flood_s),
         "settle_s": servers.settle(server, run.profile.settle_s),
     }
@@ -335,7 +336,7 @@ def probe_summary(result: LoadResult, window: tuple[float, float], margins: tupl
 
 
 def timeline(
-    results: Sequence[LoadResult], window: tuple[float, float], margins: tuple[float, float], ok_ms: Sequence[float]
+    results: Sequence[LoadResult], window: tuple[float, float], margins: tuple[float, float]
 ) -> dict[str, Any]:
     """The flood second by second (half-seconds for short floods), from ``margins[0]`` before it to ``margins[1]``
     after its end: requests sent, answered 200 / 429 / otherwise (by send time), the admitted requests' p50 and p99
@@ -368,7 +369,6 @@ def timeline(
         "p50_ms": [percentile(b, 50) if b else None for b in latencies],
         "p99_ms": [percentile(b, 99) if b else None for b in latencies],
         "goodput": [n / bin_s for n in done_ok],
-        "admitted_p99_ms": percentile(ok_ms, 99),
     }
 
 
