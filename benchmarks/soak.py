@@ -184,8 +184,9 @@ def _ticker(run: Run, sampler: servers.RssSampler, t0: float) -> Callable[[], No
 
 
 def per_kind(result: LoadResult, requests: list[SoakRequest], window: tuple[float, float]) -> dict[str, Any]:
-    """Per kind of request sent inside the window: statuses, how many were answered as expected (valid: 200, a 429
-    when shed; malformed: a 4xx other than 429, the exact one is in the counts), the 200s' latency."""
+    """Per kind of request sent inside the window: statuses; shed (429: admission may refuse any request, malformed
+    or not, before reading it); unexpected (neither 429 nor the kind's answer: 200 for a valid request, a 4xx for a
+    malformed one, whose exact status is in the counts); the 200s' latency."""
     t0, t1 = window
     statuses: dict[str, Counter[int]] = {kind: Counter() for kind in KINDS}
     latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
@@ -198,13 +199,12 @@ def per_kind(result: LoadResult, requests: list[SoakRequest], window: tuple[floa
     out = {}
     for kind, counts in statuses.items():
         valid = KINDS[kind][1] == 200
-        expected = (
-            counts[200] + counts[429] if valid else sum(n for s, n in counts.items() if 400 <= s < 500 and s != 429)
-        )
+        answered = counts[200] if valid else sum(n for s, n in counts.items() if 400 <= s < 500 and s != 429)
         out[kind] = {
             "requests": sum(counts.values()),
             "status_counts": {str(s): n for s, n in sorted(counts.items())},
-            "unexpected": sum(counts.values()) - expected,
+            "shed": counts[429],
+            "unexpected": sum(counts.values()) - answered - counts[429],
             "latency_ms": latency_summary(sorted(latencies[kind])),
         }
     return out
