@@ -268,17 +268,23 @@ def render_openai(err: EmbedServeError) -> dict[str, Any]:
 ERROR_TABLE: tuple[type[EmbedServeError], ...] = (
     EmptyInputError,
     InvalidJSONError,
+    MalformedRequestError,
     UnauthorizedError,
     RouteNotFoundError,
     ModelNotFoundError,
     MethodNotAllowedError,
+    RequestTimeoutError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
     ValidationError,
     CapabilityError,
+    ResponseTooLargeError,
     OverloadedError,
     RateLimitedError,
+    HeadersTooLargeError,
     UnhealthyError,
+    TooManyConnectionsError,
+    DeadlineExceededError,
     BackendError,
 )
 """Every error class, in the order the README's table lists them."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from embedserve.errors import (
     ERROR_TABLE,
     BackendError,
+    EmbedServeError,
     EmptyInputError,
     ModelNotFoundError,
     OverloadedError,
@@ -33,6 +36,27 @@ def test_statuses_follow_the_design_table():
     assert statuses["OverloadedError"] == statuses["RateLimitedError"] == 429
     assert statuses["UnhealthyError"] == 503
     assert statuses["BackendError"] == 500
+
+
+def test_the_error_table_lists_every_error_class_once():
+    def subclasses(cls: type[EmbedServeError]) -> set[type[EmbedServeError]]:
+        found = set(cls.__subclasses__())
+        return found.union(*(subclasses(sub) for sub in found))
+
+    assert len(ERROR_TABLE) == len(set(ERROR_TABLE))
+    assert set(ERROR_TABLE) == subclasses(EmbedServeError)
+    assert readme_rows() == [(cls.status, cls.error_type, cls.code) for cls in ERROR_TABLE]
+
+
+def readme_rows() -> list[tuple[int, str, str | None]]:
+    """(status, TEI error_type, OpenAI code) of each row of the README's error table, in order."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("| status | TEI `error_type` | OpenAI `code` | when |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.strip().splitlines()[1:]:
+        status, error_type, code = (cell.strip().strip("`") for cell in line.split("|")[1:4])
+        rows.append((int(status), error_type, code))
+    return rows
 
 
 def test_tei_shape_is_flat_and_openai_shape_is_an_envelope():
