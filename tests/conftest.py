@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 from embedserve.core.registry import Registry, default_loader
 from embedserve.core.runtime import Loader, ModelRuntime
 from embedserve.http.app import create_app
+from embedserve.http.server import uvicorn_config
 from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast instead of hanging
@@ -100,7 +101,8 @@ def serve_app(app: Starlette) -> Iterator[str]:
     the models)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    # The connection layer the CLI serves with (deadlines, limits, load shedding), from the app's own settings.
+    config = uvicorn_config(app, app.state.ctx.settings, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -24,8 +24,15 @@ from typing import Any
 
 from embedserve.errors import DeadlineExceededError, UnhealthyError
 
-PACK_WINDOW = 1024
-"""Most queued entries the packer looks at (oldest first). Bounds its cost when the admission bound is huge."""
+MIN_PACK_WINDOW = 32
+MAX_PACK_WINDOW = 1024
+"""The packer looks at the oldest queued entries only: four times the last batch's size, within these bounds.
+
+Inputs are packed by length, so a younger input may ride an earlier batch than an older one; the window bounds how
+far ahead it can jump to about four batches of work, which keeps a queued input's wait close to the wait admission
+predicted for it (with the whole queue in view, a flood's inputs waited up to twice the prediction). Four batches
+still give the packer inputs of similar lengths to choose from, and on a GPU, whose batches are large, the window
+grows with them. It also bounds the packer's cost when the admission bound is huge."""
 
 
 class Job:
@@ -212,6 +219,7 @@ class BatchQueue:
         self._closed = False
         self._queued_tokens = 0
         self._running_tokens = 0
+        self._window = MIN_PACK_WINDOW
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -270,12 +278,14 @@ class BatchQueue:
                 if self._closed or not block:
                     return None
                 self._cond.wait()
-            window = self._pending[:PACK_WINDOW]
+            size = self._window
+            window = self._pending[:size]
             lengths = [len(entry.ids) for entry in window]
             chosen = pack(lengths, self._max_tokens, self._max_requests, self._overhead_tokens)
             picked = set(chosen)
             entries = [window[i] for i in chosen]
-            self._pending = [entry for i, entry in enumerate(window) if i not in picked] + self._pending[PACK_WINDOW:]
+            self._pending = [entry for i, entry in enumerate(window) if i not in picked] + self._pending[size:]
+            self._window = max(MIN_PACK_WINDOW, min(MAX_PACK_WINDOW, 4 * len(chosen)))
             taken = sum(lengths[i] for i in chosen)
             self._queued_tokens -= taken
             self._running_tokens += taken

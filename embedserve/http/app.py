@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -143,6 +144,18 @@ async def _load(ctx: AppContext, on_load_error: Callable[[BaseException], None] 
     for runtime in ctx.registry.runtimes.values():
         if runtime.loaded_in is not None:
             ctx.metrics.load_seconds.labels(runtime.name).set(runtime.loaded_in)
+    settle_heap()
+
+
+def settle_heap() -> None:
+    """Move everything alive after start-up out of the garbage collector's reach.
+
+    Models, tokenizers, torch and transformers leave millions of objects that live as long as the process, and a
+    full collection walks all of them: under a flood, collections paused the event loop for 170-220 ms each (the p99
+    of a 429 was 185 ms); with the start-up heap frozen they take about 15 ms (429 p99 6 ms). Requests' own objects
+    are still collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.contextmanager

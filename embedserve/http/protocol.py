@@ -80,6 +80,9 @@ class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head/body/idle deadlines, a head size bound and a connection cap."""
 
     limits: ClassVar[Limits]
+    shedder: ClassVar[Any] = None
+    """Optional: an object whose ``answer(method, target)`` returns a complete response for a request to refuse as
+    soon as its head is parsed (see :mod:`embedserve.http.shedding`), or None to serve it normally."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -89,6 +92,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._body_bytes_fed = 0
         self._discarding = False  # after a refusal or a framing error: read and drop whatever comes
+        self._shedding = False  # this request was answered from its head: its body is parsed and dropped
         self._overflow = False
         self._state = RequestState()
         self._closer = cast(asyncio.Transport, _LingeringTransport(self))
@@ -186,6 +190,8 @@ class EdgeProtocol(HttpToolsProtocol):
         if size > self.limits.max_header_bytes:
             self._refuse(self._head_too_large())
             return
+        if self._shed():
+            return
         if self._overflow:
             self._state.rejection = TooManyConnectionsError(
                 "the server has no room for another connection (--max-connections); retry shortly",
@@ -201,10 +207,17 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._discarding:
             return
         self._body_bytes_fed += len(body)
+        if self._shedding:
+            return
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._discarding:
+            return
+        if self._shedding:
+            self._shedding = False
+            self._phase = "idle"
+            self._arm("idle", self.limits.keep_alive_timeout)
             return
         super().on_message_complete()
         self._phase = "idle"
@@ -221,6 +234,22 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         if self._phase == "idle" and (self.cycle is None or self.cycle.response_complete):
             self._arm("idle", self.limits.keep_alive_timeout)
+
+    def _shed(self) -> bool:
+        """Answer the request from its head when the shedder says so (only on an idle keep-alive connection, so the
+        answer cannot overtake an earlier one); its body is then parsed and dropped."""
+        if self.shedder is None or self._overflow or self.pipeline or not self.parser.should_keep_alive():
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False
+        answer = self.shedder.answer(self.parser.get_method(), self.url)
+        if answer is None:
+            return False
+        self.transport.write(answer)
+        self._shedding = True
+        self._phase = "body"
+        self._arm("body", self.limits.body_timeout + BODY_GRACE_SECONDS)
+        return True
 
     # Deadlines
 
@@ -356,6 +385,6 @@ class _RefusedConnections:
 _refused = _RefusedConnections()
 
 
-def protocol_class(limits: Limits) -> type[EdgeProtocol]:
-    """An :class:`EdgeProtocol` bound to ``limits``, for ``uvicorn.Config(http=...)``."""
-    return type("EdgeProtocol", (EdgeProtocol,), {"limits": limits})
+def protocol_class(limits: Limits, shedder: Any = None) -> type[EdgeProtocol]:
+    """An :class:`EdgeProtocol` bound to ``limits`` (and a shedder, if any), for ``uvicorn.Config(http=...)``."""
+    return type("EdgeProtocol", (EdgeProtocol,), {"limits": limits, "shedder": shedder})

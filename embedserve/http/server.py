@@ -8,7 +8,9 @@ from typing import Any
 
 import uvicorn
 
+from embedserve.http.edge import AppContext
 from embedserve.http.protocol import Limits, protocol_class
+from embedserve.http.shedding import Shedder
 from embedserve.settings import Settings
 
 
@@ -25,7 +27,8 @@ def limits(settings: Settings) -> Limits:
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """A ``uvicorn.Config`` serving ``app`` on the settings' address with embedserve's connection layer.
+    """A ``uvicorn.Config`` serving ``app`` on the settings' address with embedserve's connection layer (and, for an
+    app from :func:`~embedserve.http.app.create_app`, its load shedding).
 
     uvicorn's own ``limit_concurrency`` stays off (it answers a plain-text 503; the cap here answers JSON), and so
     does its access log (embedserve writes its own line per request).
@@ -33,7 +36,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     options: dict[str, Any] = {
         "host": settings.server.hostname,
         "port": settings.server.port,
-        "http": protocol_class(limits(settings)),
+        "http": protocol_class(limits(settings), _shedder(app)),
         "ws": "none",  # no websocket routes: an Upgrade request is answered as plain HTTP/1.1
         # uvicorn's keep-alive timer (after each response) backs up the protocol's own (which stray bytes cannot
         # reset); uvicorn types it as whole seconds.
@@ -44,3 +47,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+def _shedder(app: Any) -> Shedder | None:
+    ctx = getattr(getattr(app, "state", None), "ctx", None)
+    return Shedder(ctx) if isinstance(ctx, AppContext) else None

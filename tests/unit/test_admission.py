@@ -8,7 +8,7 @@ import time
 import pytest
 
 from embedserve.core.admission import Admission, Throughput
-from embedserve.core.batching import BatchQueue, Job
+from embedserve.core.batching import MIN_PACK_WINDOW, BatchQueue, Job
 from embedserve.errors import DeadlineExceededError, OverloadedError
 
 
@@ -96,5 +96,23 @@ def test_the_queue_counts_real_tokens_queued_and_running_and_drops_expired_jobs_
         queue.put(gone, [[1] * 7])
         queue.discard(gone)
         assert queue.tokens_ahead == 30
+
+    asyncio.run(scenario())
+
+
+def test_a_younger_input_cannot_jump_past_the_packing_window():
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        queue = BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None, overhead_tokens=0.0)
+        jobs = [Job(loop, 1) for _ in range(100)]
+        for i, job in enumerate(jobs):
+            # The oldest input is 50 tokens; the others alternate far from it, except one young twin at 80.
+            queue.put(job, [[1] * (50 if i in (0, 80) else 10 + (i % 2) * 200)])
+        first = queue.take(block=False)
+        assert first is not None
+        picked = {jobs.index(entry.job) for entry in first.entries}
+        assert 0 in picked
+        assert 80 not in picked, "the young twin rode ahead of the whole window"
+        assert max(picked) < MIN_PACK_WINDOW
 
     asyncio.run(scenario())

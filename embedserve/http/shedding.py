@@ -1,0 +1,62 @@
+"""Load shedding at the connection layer: under a flood, refuse a request as soon as its head is parsed.
+
+When every model's work ahead is already predicted to take longer than its ``--max-queue-time``
+(:meth:`~embedserve.core.registry.Registry.shed`), a POST to a route that queues work would be refused whatever its
+body says. Answering it from the HTTP protocol, before an ASGI task, routing, the edge or the body exist, makes a
+refusal cost tens of microseconds instead of a full request, so that under a flood the cores stay with the admitted
+work and the refusals themselves stay fast. The answer is the same ``429 Overloaded`` (TEI or OpenAI shape by path)
+with ``Retry-After`` that the handler would give; it is counted in ``embedserve_requests_total`` and
+``embedserve_rejected_requests_total`` like any other, but not access-logged (a flood would flood the log) and it
+comes before the API key check (it says only that the server is full).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+
+from embedserve.errors import OverloadedError, render_openai, render_tei
+from embedserve.http.edge import AppContext
+from embedserve.http.web import REQUEST_ID_HEADER, is_openai_path
+
+QUEUED_ROUTES = frozenset(
+    {"/embed", "/embed_sparse", "/v1/embeddings", "/embeddings", "/rerank", "/v1/rerank", "/predict"}
+)
+"""The POST routes whose work goes through a model's batch queue (the ones the predicted wait is about)."""
+
+
+class Shedder:
+    """Decides, from a parsed request head, whether to answer 429 at once; renders that answer."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    def answer(self, method: bytes, target: bytes) -> bytes | None:
+        """The complete response bytes when the request is shed, else None (serve it normally)."""
+        if method != b"POST":
+            return None
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        if path not in QUEUED_ROUTES:
+            return None
+        try:
+            self._ctx.registry.shed()
+        except OverloadedError as err:
+            return self._render(path, err)
+        return None
+
+    def _render(self, path: str, err: OverloadedError) -> bytes:
+        now = time.perf_counter()
+        metrics = self._ctx.metrics
+        metrics.observe_request(path, "-", err.status, now, now, None)
+        metrics.rejected.labels(err.reason).inc()
+        body = orjson.dumps(render_openai(err) if is_openai_path(path) else render_tei(err))
+        headers = {
+            "content-type": "application/json",
+            "content-length": str(len(body)),
+            REQUEST_ID_HEADER: uuid.uuid4().hex,
+            **err.headers,
+        }
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        return f"HTTP/1.1 {err.status} Too Many Requests\r\n{head}\r\n".encode("latin-1") + body
