@@ -44,14 +44,14 @@ def load_models(path: str, defaults: ModelSettings) -> tuple[ModelSettings, ...]
             name = ALIASES.get(str(key), str(key))
             if name not in known:
                 raise SettingsError(f"{where} has an unknown key {key!r}; known keys: name, {', '.join(sorted(known))}")
-            values[name] = _checked(value, hints[name], f"{where}.{key}")
+            values[name] = checked(value, hints[name], f"{where}.{key}")
         if "model_id" not in values:
             raise SettingsError(f"{where} needs a model_id (a hub id or a local directory)")
         models.append(replace(defaults, **values))
     return tuple(models)
 
 
-def _checked(value: Any, hint: Any, where: str) -> Any:
+def checked(value: Any, hint: Any, where: str) -> Any:
     """``value`` if it fits ``hint`` (str, int, float, bool, Literal, dict[str, str], optional), else an error."""
     hint, nullable = unwrap_optional(hint)
     if value is None and nullable:
