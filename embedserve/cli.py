@@ -183,6 +183,11 @@ def _as_list(value: Any) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, check, serve until SIGTERM/SIGINT. Returns the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["deploy"]:
+        from embedserve.deploy import main as deploy_main
+
+        return deploy_main(args[1:])
     try:
         settings = parse_settings(argv, os.environ)
         settings.check()

@@ -58,9 +58,11 @@ def test_sigterm_answers_every_in_flight_request_then_exits_zero(minilm_path, re
             process.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             health = httpx.get(f"{url}/health")
+            alive = httpx.get(f"{url}/metrics")  # what a Kubernetes liveness probe asks (embedserve deploy)
             late = httpx.post(f"{url}/v1/embeddings", json={"input": "too late", "model": "minilm"})
             responses = [future.result() for future in futures]
         assert health.status_code == 503
+        assert alive.status_code == 200  # draining is not ready, but alive: no restart cuts the drain short
         assert late.status_code == 503
         assert late.json()["error"]["code"] == "unavailable"
         for texts, response in zip(requests, responses, strict=True):
