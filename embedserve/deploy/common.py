@@ -107,7 +107,7 @@ def _env_value(value: Any) -> str:
 
 def worker_env(model: FleetModel, options: Options) -> dict[str, str]:
     """The worker's settings as the EMBEDSERVE_* variables the CLI reads: the model's identity and every setting the
-    fleet file changed from its default, then where it listens, its metrics port and its drain."""
+    fleet file changed from its default, then where it listens, its metrics port, its drain and no rate limit."""
     defaults = ModelSettings()
     env: dict[str, str] = {}
     for f in fields(ModelSettings):
@@ -121,6 +121,9 @@ def worker_env(model: FleetModel, options: Options) -> dict[str, str]:
     env["EMBEDSERVE_PROMETHEUS_PORT"] = str(metrics_port(model))
     env["EMBEDSERVE_GRACEFUL_SHUTDOWN_TIMEOUT"] = _env_value(options.graceful_shutdown_timeout)
     env["EMBEDSERVE_JSON_OUTPUT"] = "true"
+    # Every request reaches a worker from the gateway's address, which holds the per-key governors: a per-client
+    # limit here would throttle the whole fleet as one client.
+    env["EMBEDSERVE_RATE_LIMIT_RPS"] = "0"
     return env
 
 

@@ -177,6 +177,7 @@ def test_compose_workers_get_their_settings_as_variables_the_cli_reads_back_unch
         assert settings.server.port == model.port
         assert settings.server.hostname == "0.0.0.0"
         assert settings.edge.prometheus_port == 9000
+        assert settings.edge.rate_limit_rps == 0  # the gateway limits per key; here every request is the gateway's
         assert service["deploy"]["replicas"] == model.replicas.min
 
 
