@@ -45,7 +45,7 @@ def generate(path: Path, fleet: Fleet, options: Options, dashboard: str) -> dict
     return {
         "compose.yaml": dump(_project(fleet, options)),
         "gateway-fleet.yaml": gateway_fleet(path, fleet, token_file=f"/run/secrets/{TOKEN_SECRET}", api_key_file=keys),
-        "prometheus/prometheus.yml": monitoring.compose_prometheus(fleet, fleet.gateway.port),
+        "prometheus/prometheus.yml": monitoring.compose_prometheus(fleet),
         f"prometheus/{monitoring.RULES_FILE}": monitoring.alert_rules(fleet),
         "grafana/provisioning/datasources/prometheus.yaml": monitoring.grafana_datasource(),
         "grafana/provisioning/dashboards/embedserve.yaml": monitoring.grafana_dashboards(DASHBOARDS),

@@ -26,6 +26,8 @@ SCALE_METRIC = "embedserve_predicted_wait_seconds"
 REQUESTS = "embedserve_requests_total"
 RULES_FILE = "alerts.yml"
 SCRAPE_INTERVAL = "15s"
+EXTERNAL_JOB = "embedserve-external-workers"
+"""Workers of models with ``urls``: run elsewhere, scraped at those URLs."""
 DEFAULT_WAIT_LIMIT = 1.0
 """The limit assumed for a model that turned the predicted-wait admission off (``max_queue_time: 0``)."""
 
@@ -41,19 +43,19 @@ def scale_target(model: FleetModel) -> float:
     return round(wait_limit(model) / 2, 3)
 
 
-def compose_prometheus(fleet: Fleet, gateway_port: int) -> str:
+def compose_prometheus(fleet: Fleet) -> str:
     """prometheus.yml for Compose: the gateway, and every replica of every worker through Docker's DNS."""
     workers: list[dict[str, Any]] = [
         {"names": [worker_name(m)], "type": "A", "port": metrics_port(m)} for m in deployed_models(fleet)
     ]
     jobs: list[dict[str, Any]] = [
-        {"job_name": GATEWAY_JOB, "static_configs": [{"targets": [f"gateway:{gateway_port}"]}]},
+        {"job_name": GATEWAY_JOB, "static_configs": [{"targets": [f"gateway:{fleet.gateway.port}"]}]},
     ]
     if workers:
         jobs.append({"job_name": WORKERS_JOB, "dns_sd_configs": workers})
     external = [t for m in fleet.models for t in _hosts(m.urls)]
     if external:
-        jobs.append({"job_name": "embedserve-external-workers", "static_configs": [{"targets": external}]})
+        jobs.append({"job_name": EXTERNAL_JOB, "static_configs": [{"targets": external}]})
     return _prometheus(jobs)
 
 
@@ -101,7 +103,7 @@ def _hosts(urls: tuple[str, ...]) -> list[str]:
 def alert_rules(fleet: Fleet) -> str:
     """Alerts on what a fleet's operator acts on: a worker or the gateway down, errors, sustained refusals, and a
     predicted wait over the model's limit (more workers are needed than the autoscaler may add)."""
-    workers = f'job=~"{WORKERS_JOB}|embedserve-external-workers"'
+    workers = f'job=~"{WORKERS_JOB}|{EXTERNAL_JOB}"'
 
     def ratio(status: str) -> str:
         return (
