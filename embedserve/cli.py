@@ -184,6 +184,10 @@ def _as_list(value: Any) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, check, serve until SIGTERM/SIGINT. Returns the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["gateway"]:
+        from embedserve.gateway.cli import main as gateway_main
+
+        return gateway_main(args[1:])
     if args[:1] == ["deploy"]:
         from embedserve.deploy import main as deploy_main
 

@@ -201,6 +201,26 @@ class EdgeSettings:
         ),
     )
 
+    gateway_token_file: str | None = field(
+        default=None,
+        metadata=opt(
+            "File holding the fleet's shared gateway token (see `embedserve gateway`). When set (or "
+            "EMBEDSERVE_GATEWAY_TOKEN is), every route but /health and /metrics answers 401 unless the request "
+            "carries the token in X-Embedserve-Gateway-Token: a worker then accepts only its gateway.",
+            tei_env=False,
+        ),
+    )
+    gateway_token: str | None = field(
+        default=None,
+        repr=False,  # a secret, like the API keys
+        metadata=opt(
+            "The shared gateway token itself, for when a file is awkward (prefer --gateway-token-file: a flag "
+            "shows in the process list). Exclusive with --gateway-token-file.",
+            tei_env=False,
+            metavar="TOKEN",
+        ),
+    )
+
     def check(self) -> None:
         """Reject values that cannot work, naming the flag to change."""
         if any(not key.strip() for key in self.api_key):
@@ -214,6 +234,10 @@ class EdgeSettings:
             raise SettingsError(f"--prometheus-port {self.prometheus_port} is not a TCP port (1-65535)")
         if self.graceful_shutdown_timeout < 0:
             raise SettingsError("--graceful-shutdown-timeout must not be negative")
+        if self.gateway_token is not None and self.gateway_token_file is not None:
+            raise SettingsError("--gateway-token and --gateway-token-file are exclusive: give one")
+        if self.gateway_token is not None and not self.gateway_token.strip():
+            raise SettingsError("--gateway-token must not be empty")
 
 
 @dataclass(frozen=True, kw_only=True)

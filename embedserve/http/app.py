@@ -27,7 +27,7 @@ from embedserve.core.runtime import Loader
 from embedserve.errors import ModelLoadError
 from embedserve.http.edge import AppContext, HeadGuard, handle_http_exception
 from embedserve.http.governor import Governor
-from embedserve.http.keys import ApiKeys
+from embedserve.http.keys import ApiKeys, GatewayToken
 from embedserve.http.routes import openai, scoring, tei, tokens
 from embedserve.metrics import Metrics
 from embedserve.settings import Settings, SettingsError
@@ -55,6 +55,7 @@ def create_app(
         governor=Governor(settings.edge),
         metrics=Metrics(),
         tracing=Tracing(settings.edge),
+        gateway_token=GatewayToken(settings.edge),
     )
     ctx.metrics.watch(registry.runtimes.values())
 

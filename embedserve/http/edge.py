@@ -22,7 +22,7 @@ from embedserve.core.registry import Registry
 from embedserve.core.runtime import Timings
 from embedserve.errors import BackendError, EmbedServeError, HeadersTooLargeError, from_http_status
 from embedserve.http.governor import Governor
-from embedserve.http.keys import ANONYMOUS, ApiKeys
+from embedserve.http.keys import ANONYMOUS, GATEWAY_TOKEN_HEADER, ApiKeys, GatewayToken
 from embedserve.http.protocol import CLOSE, STATE_KEY
 from embedserve.http.web import REQUEST_ID_HEADER, ClientDisconnectedError, error_response, request_id
 from embedserve.metrics import Metrics
@@ -47,6 +47,8 @@ class AppContext:
     governor: Governor
     metrics: Metrics
     tracing: Tracing
+    gateway_token: GatewayToken | None = None
+    """Set on a fleet's worker: only its gateway may call the API (``/health`` and ``/metrics`` stay open)."""
 
 
 @dataclass
@@ -83,6 +85,8 @@ def endpoint(route: str, guard: Guard = "key") -> Callable[[Handler], Handler]:
             request.state.facts = found = Facts()
             kid = ANONYMOUS
             try:
+                if guard == "key" and ctx.gateway_token is not None:
+                    ctx.gateway_token.check(request.headers.get(GATEWAY_TOKEN_HEADER))
                 if guard == "key" or (guard == "metrics" and ctx.settings.edge.metrics_auth):
                     kid = ctx.keys.authenticate(request.headers.get("authorization"))
                 identity = kid if ctx.keys.enabled else (request.client.host if request.client else ANONYMOUS)

@@ -86,3 +86,44 @@ class ApiKeys:
         if found is None:
             raise UnauthorizedError("invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return found
+
+
+GATEWAY_TOKEN_HEADER = "x-embedserve-gateway-token"
+"""The header a fleet's gateway sends its shared token in, and its workers check."""
+
+
+def read_gateway_token(path: str, flag: str = "--gateway-token-file") -> str:
+    """The shared gateway token: the file's first non-blank line."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise SettingsError(f"{flag} {path}: {exc.strerror or exc}") from exc
+    if not lines:
+        raise SettingsError(f"{flag} {path} is empty; put the shared token on its first line")
+    return lines[0]
+
+
+class GatewayToken:
+    """A worker's check that a request came through the fleet's gateway (``--gateway-token-file`` or
+    ``EMBEDSERVE_GATEWAY_TOKEN``). Unset, every request passes."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        token = settings.gateway_token
+        if settings.gateway_token_file is not None:
+            token = read_gateway_token(settings.gateway_token_file)
+        self._digest = None if token is None else _digest(token)
+
+    @property
+    def enabled(self) -> bool:
+        """True when requests must carry the gateway token."""
+        return self._digest is not None
+
+    def check(self, presented: str | None) -> None:
+        """Raise UnauthorizedError unless ``presented`` is the token. Digests of equal length are compared in
+        constant time, so the time taken says nothing about how much of a guess was right."""
+        if self._digest is None:
+            return
+        if presented is None or not hmac.compare_digest(_digest(presented), self._digest):
+            raise UnauthorizedError(
+                f"this worker only accepts calls from its fleet's gateway (missing or wrong {GATEWAY_TOKEN_HEADER})"
+            )

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from embedserve.core.runtime import Timings
 from embedserve.errors import (
     EmbedServeError,
     MalformedRequestError,
@@ -25,6 +24,9 @@ from embedserve.errors import (
     render_tei,
 )
 from embedserve.http.protocol import CLOSE, STATE_KEY
+
+if TYPE_CHECKING:  # the gateway uses this module too, and must not load the core and its engines
+    from embedserve.core.runtime import Timings
 
 T = TypeVar("T")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY

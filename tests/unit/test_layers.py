@@ -85,11 +85,27 @@ def test_engines_never_import_the_core_or_the_http_layer():
         assert not bad, f"{name} imports {bad}"
 
 
-def test_only_the_http_layer_imports_the_web_framework():
+def test_only_the_http_layer_and_the_gateway_import_the_web_framework():
     for name, imports in modules().items():
-        if not name.startswith("embedserve.http") and name not in STARTS_THE_SERVER:
+        if not name.startswith(("embedserve.http", "embedserve.gateway")) and name not in STARTS_THE_SERVER:
             bad = offending(imports, WEB)
             assert not bad, f"{name} imports {bad}"
+
+
+def test_the_gateway_imports_no_engine_no_core_and_no_inference_runtime():
+    assert modules("gateway")
+    for name, imports in modules("gateway").items():
+        bad = offending(imports, (*RUNTIMES, "embedserve.engines", "embedserve.core"))
+        assert not bad, f"{name} imports {bad}"
+
+
+def test_importing_the_gateway_does_not_import_torch_or_an_engine():
+    code = (
+        "import sys, embedserve.gateway.app, embedserve.gateway.cli\n"
+        "print(sorted(m for m in sys.modules if m in ('torch', 'onnxruntime') or m.startswith('embedserve.engines')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_the_checker_sees_relative_and_from_imports(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from embedserve.cli import build_parser, parse_settings
 from embedserve.options import field_docs
-from embedserve.settings import ModelSettings, ServerSettings, Settings, SettingsError
+from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -107,7 +107,7 @@ def test_every_settings_field_has_a_flag_with_help_and_env_names():
 
 def test_the_readme_documents_every_flag_and_its_environment_variable():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    for cls in (ModelSettings, ServerSettings):
+    for cls in (ModelSettings, ServerSettings, EdgeSettings):
         for flag, _, envs, _ in field_docs(cls):
             assert f"`{flag}`" in readme, flag
             assert f"`{envs[0]}`" in readme, envs[0]

@@ -1,0 +1,105 @@
+"""Forwarding one request to a worker of its model, and passing the worker's answer back unchanged.
+
+Retries: a request whose connection to a worker could not be opened (nothing was sent) goes to another live replica
+of the same model, as does one whose worker closed the connection before sending any byte of an answer (the worker
+died mid-request: a ``kill -9``, an OOM kill). The second case may run a request twice; every proxied route is a
+pure function of its body (embed, score, tokenize), so that costs only compute, and a request that kills its worker
+is tried on at most one more replica (``MAX_RESETS``), so a "query of death" cannot take down a whole model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from embedserve.errors import UnhealthyError
+from embedserve.gateway.workers import Workers
+from embedserve.http.keys import GATEWAY_TOKEN_HEADER
+
+log = logging.getLogger("embedserve.gateway")
+
+FORWARDED_REQUEST_HEADERS = ("content-type", "x-request-id", "traceparent", "tracestate", "x-request-timeout-ms",
+                             "grpc-timeout", "accept")  # fmt: skip
+"""What the gateway passes on to a worker: never the client's Authorization (keys end at the gateway)."""
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
+                        "upgrade", "proxy-authenticate", "date", "server"})  # fmt: skip
+"""Worker answer headers the gateway's own server sets (or that describe only the worker's connection)."""
+MAX_RESETS = 1
+"""Replicas a request that lost its connection mid-flight is retried on."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A worker's answer, as the gateway passes it on."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    worker: str
+
+
+class Proxy:
+    """Sends requests to the workers with one keep-alive HTTP/1.1 client."""
+
+    def __init__(self, workers: Workers, client: httpx.AsyncClient, token: str | None) -> None:
+        self.workers = workers
+        self._client = client
+        self._token = token
+
+    async def forward(self, model: str, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """POST ``body`` to ``path`` on a live replica of ``model``; raises UnhealthyError (503) when none can take
+        it."""
+        pool = self.workers.pool(model)
+        sent = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
+        if self._token is not None:
+            sent[GATEWAY_TOKEN_HEADER] = self._token
+        tried: set[str] = set()
+        resets = 0
+        while True:
+            worker = pool.pick(exclude=tried)
+            if worker is None:
+                raise UnhealthyError(
+                    f"model {model!r} has no live worker right now ({len(pool.workers)} configured, "
+                    f"{len(tried)} tried); retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            tried.add(worker.url)
+            worker.in_flight += 1
+            try:
+                response = await self._client.post(f"{worker.url}{path}", content=body, headers=sent)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                log.warning("cannot connect to %s (%s); trying another replica of %s", worker.url, exc, model)
+                self.workers.mark_down(worker)
+                continue
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                # The worker closed the connection before any byte of its answer: it died mid-request.
+                self.workers.mark_down(worker)
+                resets += 1
+                if resets > MAX_RESETS:
+                    raise UnhealthyError(
+                        f"the workers of model {model!r} closed the connection without answering; retry shortly"
+                    ) from exc
+                log.warning("%s closed the connection mid-request (%s); retrying on another replica", worker.url, exc)
+                continue
+            except httpx.TransportError as exc:  # a timeout: the worker is alive but did not answer in time
+                raise UnhealthyError(f"worker of model {model!r} did not answer: {type(exc).__name__}") from exc
+            finally:
+                worker.in_flight -= 1
+            kept = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+            return Answer(response.status_code, kept, response.content, worker.url)
+
+    async def get(self, model: str, path: str) -> httpx.Response | None:
+        """GET ``path`` from a live replica of ``model`` (for /info), or None when none answers."""
+        worker = self.workers.pool(model).pick()
+        if worker is None:
+            return None
+        try:
+            return await self._client.get(f"{worker.url}{path}", headers=self._auth())
+        except httpx.HTTPError:
+            return None
+
+    def _auth(self) -> dict[str, str]:
+        return {} if self._token is None else {GATEWAY_TOKEN_HEADER: self._token}

@@ -1,0 +1,105 @@
+"""The gateway's parts without processes: picking a replica, the client address behind trusted proxies, the
+worker's gateway-token check, and the command's dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import httpx
+import pytest
+from starlette.requests import Request
+
+from embedserve import cli
+from embedserve.errors import UnauthorizedError
+from embedserve.fleet import parse_fleet
+from embedserve.gateway.app import client_address, gateway_token
+from embedserve.gateway.workers import Pool, Worker, Workers
+from embedserve.http.keys import GatewayToken
+from embedserve.settings import EdgeSettings, SettingsError
+
+pytestmark = pytest.mark.unit
+
+TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def request_from(peer: str, forwarded: list[str]) -> Request:
+    headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": headers, "client": (peer, 1234)})
+
+
+def test_the_least_busy_live_replica_is_picked_and_equals_take_turns():
+    pool = Pool("a", [Worker("a", "http://w1", live=True), Worker("a", "http://w2", live=True),
+                      Worker("a", "http://w3", live=False)])  # fmt: skip
+    assert {pool.pick().url for _ in range(4)} == {"http://w1", "http://w2"}  # round-robin, never the dead one
+    pool.workers[0].in_flight = 3
+    assert [pool.pick().url for _ in range(3)] == ["http://w2"] * 3
+    assert pool.pick(exclude={"http://w2"}).url == "http://w1"
+    pool.workers[0].live = pool.workers[1].live = False
+    assert pool.pick() is None
+
+
+def test_forwarded_for_is_believed_only_from_a_trusted_proxy():
+    assert client_address(request_from("203.0.113.9", ["1.2.3.4"]), TRUSTED) == "203.0.113.9"
+    assert client_address(request_from("10.1.2.3", ["1.2.3.4"]), TRUSTED) == "1.2.3.4"
+    # The left-most entries are the client's own claims: the right-most untrusted hop is the real client.
+    assert client_address(request_from("10.1.2.3", ["6.6.6.6, 1.2.3.4", "10.9.9.9"]), TRUSTED) == "1.2.3.4"
+    assert client_address(request_from("10.1.2.3", ["1.2.3.4"]), ()) == "10.1.2.3"
+
+
+def test_a_worker_with_a_gateway_token_refuses_a_missing_or_wrong_one():
+    token = GatewayToken(EdgeSettings(gateway_token="s3cret"))
+    assert token.enabled
+    token.check("s3cret")
+    for presented in (None, "", "s3cre", "s3cret2"):
+        with pytest.raises(UnauthorizedError):
+            token.check(presented)
+    open_worker = GatewayToken(EdgeSettings())
+    assert not open_worker.enabled
+    open_worker.check(None)
+
+
+def test_the_gateway_token_comes_from_a_file_or_the_environment(tmp_path):
+    (tmp_path / "token").write_text("\n  from-file  \n")
+    assert GatewayToken(EdgeSettings(gateway_token_file=str(tmp_path / "token"))).enabled
+    with_file = parse_fleet({"gateway": {"token_file": str(tmp_path / "token")}, "models": [{"name": "a",
+                             "model_id": "m"}]})  # fmt: skip
+    assert gateway_token(with_file, {"EMBEDSERVE_GATEWAY_TOKEN": "env"}) == "from-file"
+    without = parse_fleet({"models": [{"name": "a", "model_id": "m"}]})
+    assert gateway_token(without, {"EMBEDSERVE_GATEWAY_TOKEN": "env"}) == "env"
+    assert gateway_token(without, {}) is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(SettingsError, match="empty"):
+        GatewayToken(EdgeSettings(gateway_token_file=str(tmp_path / "empty")))
+    with pytest.raises(SettingsError, match="exclusive"):
+        EdgeSettings(gateway_token="x", gateway_token_file=str(tmp_path / "token")).check()
+
+
+def test_a_failed_connection_marks_the_worker_down_until_its_health_answers():
+    asyncio.run(_health_scenario())
+
+
+async def _health_scenario() -> None:
+    fleet = parse_fleet({"models": [{"name": "a", "model_id": "m", "urls": ["http://w1"]}]})
+    healthy = {"ok": False}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200 if healthy["ok"] else 503)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        workers = Workers(fleet, client)
+        worker = workers.pool("a").workers[0]
+        await workers.check(worker)
+        assert not worker.live
+        healthy["ok"] = True
+        await workers.check(worker)
+        assert worker.live
+        workers.mark_down(worker)
+        assert not worker.live  # at once, before the re-check answers
+        await workers.close()
+
+
+def test_the_command_dispatches_gateway_and_needs_a_fleet_file(capsys, monkeypatch):
+    monkeypatch.delenv("EMBEDSERVE_FLEET", raising=False)
+    assert cli.main(["gateway"]) == 2
+    assert "--fleet" in capsys.readouterr().err
