@@ -7,6 +7,7 @@ The gateway routes by it, and ``embedserve deploy`` turns it into Compose and Ku
       api_key_file: /run/secrets/keys # keys are checked at the gateway (optional)
       token_file: /run/secrets/token  # shared secret the gateway sends to workers (optional)
       trusted_proxies: [10.0.0.0/8]   # X-Forwarded-For is believed only from these
+      rate_limit_rps: 80              # per key, as --rate-limit-rps (also rate_limit_burst, rate_limit_tpm)
     models:
       - name: minilm                  # the served name clients use in `model`
         model_id: sentence-transformers/all-MiniLM-L6-v2
@@ -83,6 +84,12 @@ class GatewaySpec:
     token_file: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     cors_allow_origin: tuple[str, ...] = ()
+    rate_limit_rps: float = 80.0
+    """Per-key (per-address without keys) request rate, as ``--rate-limit-rps``; 0 turns it off."""
+    rate_limit_burst: int = 50
+    """Requests a key may make at once above its rate, as ``--rate-limit-burst``."""
+    rate_limit_tpm: int | None = None
+    """Tokens per minute per key, as ``--rate-limit-tpm``; unset: no token budget."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,9 @@ _GATEWAY_TYPES: dict[str, Any] = {
     "token_file": str,
     "trusted_proxies": list,
     "cors_allow_origin": list,
+    "rate_limit_rps": float,
+    "rate_limit_burst": int,
+    "rate_limit_tpm": int,
 }
 
 
@@ -153,11 +163,19 @@ def _gateway(data: Any, where: str) -> GatewaySpec:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SettingsError(f"{where}.{key} must be a list of strings, got {value!r}")
             value = tuple(value)
+        elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            value = float(value)
         elif not isinstance(value, kind) or isinstance(value, bool):
             raise SettingsError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
         values[str(key)] = value
     spec = GatewaySpec(**values)
     _port(spec.port, f"{where}.port")
+    if spec.rate_limit_rps < 0:
+        raise SettingsError(f"{where}.rate_limit_rps must be 0 (off) or positive, got {spec.rate_limit_rps}")
+    for name in ("rate_limit_burst", "rate_limit_tpm"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            raise SettingsError(f"{where}.{name} must be at least 1, got {value}")
     return spec
 
 

@@ -188,7 +188,9 @@ def create_gateway(
 ) -> Starlette:
     """Build the gateway for ``fleet``. Raises SettingsError for an unreadable key or token file."""
     spec = fleet.gateway
-    edge = EdgeSettings(api_key_file=spec.api_key_file, cors_allow_origin=spec.cors_allow_origin)
+    edge = EdgeSettings(api_key_file=spec.api_key_file, cors_allow_origin=spec.cors_allow_origin,
+                        rate_limit_rps=spec.rate_limit_rps, rate_limit_burst=spec.rate_limit_burst,
+                        rate_limit_tpm=spec.rate_limit_tpm)  # fmt: skip
     server = ServerSettings()
     # Keep-alive to the workers: idle connections are dropped before the worker's own 5 s keep-alive timeout, so
     # the gateway never reuses a connection the worker is closing; connecting is bounded tightly (a dead address

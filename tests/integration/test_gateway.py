@@ -60,7 +60,7 @@ def fleet(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     gateway_port = free_port()
     spec = {
         "gateway": {"port": gateway_port, "hostname": "127.0.0.1", "api_key_file": str(root / "keys"),
-                    "token_file": str(root / "token")},
+                    "token_file": str(root / "token"), "rate_limit_rps": 0},  # the streams may outrun 80/s
         "models": [{"name": "a", "model_id": str(minilm_path), "urls": a},
                    {"name": "b", "model_id": str(minilm_path), "urls": b}],
     }  # fmt: skip

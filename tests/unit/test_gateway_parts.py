@@ -13,7 +13,7 @@ from starlette.requests import Request
 from embedserve import cli
 from embedserve.errors import UnauthorizedError
 from embedserve.fleet import parse_fleet
-from embedserve.gateway.app import client_address, gateway_token
+from embedserve.gateway.app import client_address, create_gateway, gateway_token
 from embedserve.gateway.workers import Pool, Worker, Workers
 from embedserve.http.keys import GatewayToken
 from embedserve.settings import EdgeSettings, SettingsError
@@ -103,3 +103,18 @@ def test_the_command_dispatches_gateway_and_needs_a_fleet_file(capsys, monkeypat
     monkeypatch.delenv("EMBEDSERVE_FLEET", raising=False)
     assert cli.main(["gateway"]) == 2
     assert "--fleet" in capsys.readouterr().err
+
+
+def test_the_gateways_rate_limits_come_from_the_fleet_file():
+    models = [{"name": "a", "model_id": "m", "urls": ["http://w1"]}]
+    fleet = parse_fleet({"gateway": {"rate_limit_rps": 2, "rate_limit_burst": 1, "rate_limit_tpm": 600},
+                         "models": models})  # fmt: skip
+    assert (fleet.gateway.rate_limit_rps, fleet.gateway.rate_limit_burst, fleet.gateway.rate_limit_tpm) == (2.0, 1, 600)
+    governor = create_gateway(fleet, environ={}).state.gateway.governor
+    assert (governor.requests.rate, governor.requests.capacity, governor.tokens.capacity) == (2.0, 1, 600)
+    off = create_gateway(parse_fleet({"gateway": {"rate_limit_rps": 0}, "models": models}), environ={})
+    assert off.state.gateway.governor.requests is None
+    for bad, message in (({"rate_limit_rps": -1}, "rate_limit_rps"), ({"rate_limit_burst": 0}, "rate_limit_burst"),
+                         ({"rate_limit_rps": "fast"}, "rate_limit_rps")):  # fmt: skip
+        with pytest.raises(SettingsError, match=message):
+            parse_fleet({"gateway": bad, "models": models})
