@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,6 +31,7 @@ from starlette.routing import Route
 
 from embedserve.errors import BackendError, EmbedServeError, ModelNotFoundError, from_http_status
 from embedserve.fleet import Fleet
+from embedserve.gateway.metrics import GatewayMetrics
 from embedserve.gateway.proxy import Proxy
 from embedserve.gateway.workers import HEALTH_INTERVAL, Workers
 from embedserve.http.governor import Governor
@@ -59,6 +61,7 @@ class GatewayContext:
     trusted_proxies: tuple[Network, ...]
     payload_limit: int
     body_timeout: float
+    metrics: GatewayMetrics
 
 
 def gateway_token(fleet: Fleet, environ: dict[str, str]) -> str | None:
@@ -135,7 +138,10 @@ async def proxied(request: Request) -> Response:
 
 
 def _record(request: Request, status: int, started: float, **fields: Any) -> None:
-    latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    seconds = time.perf_counter() - started
+    ctx: GatewayContext = request.app.state.gateway
+    ctx.metrics.observe(request.url.path, fields["model"], status, seconds)
+    latency_ms = round(seconds * 1000, 2)
     rid = request_id(request)
     access_log.info(
         "%s %s %d %.1fms model=%s inputs=%d tokens=%d key=%s worker=%s id=%s", request.method, request.url.path,
@@ -166,6 +172,12 @@ async def info(request: Request) -> Response:
     for model, answer in zip(ctx.fleet.models, answers, strict=True):
         found[model.name] = orjson.loads(answer.content) if answer is not None and answer.status_code == 200 else None
     return json_response({"gateway": True, "models": found})
+
+
+async def metrics(request: Request) -> Response:
+    """The gateway's Prometheus metrics (see :mod:`embedserve.gateway.metrics`)."""
+    ctx: GatewayContext = request.app.state.gateway
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def list_models(request: Request) -> Response:
@@ -209,6 +221,7 @@ def create_gateway(
         trusted_proxies=tuple(ipaddress.ip_network(cidr, strict=False) for cidr in spec.trusted_proxies),
         payload_limit=server.payload_limit,
         body_timeout=server.body_timeout,
+        metrics=GatewayMetrics(workers),
     )
 
     @contextlib.asynccontextmanager
@@ -233,7 +246,8 @@ def create_gateway(
         )  # fmt: skip
     routes = [Route(path, proxied, methods=["POST"]) for path in PROXIED]
     routes += [Route("/health", health, methods=["GET"]), Route("/info", info, methods=["GET"]),
-               Route("/v1/models", list_models, methods=["GET"])]  # fmt: skip
+               Route("/v1/models", list_models, methods=["GET"]),
+               Route("/metrics", metrics, methods=["GET"])]  # fmt: skip
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _not_found},
                     lifespan=lifespan)  # fmt: skip
     app.state.gateway = ctx

@@ -118,3 +118,17 @@ def test_the_gateways_rate_limits_come_from_the_fleet_file():
                          ({"rate_limit_rps": "fast"}, "rate_limit_rps")):  # fmt: skip
         with pytest.raises(SettingsError, match=message):
             parse_fleet({"gateway": bad, "models": models})
+
+
+def test_the_gateway_counts_what_it_answered_and_the_live_workers_on_its_metrics():
+    from starlette.testclient import TestClient
+
+    fleet = parse_fleet({"models": [{"name": "a", "model_id": "m", "urls": ["http://127.0.0.1:1"]}]})
+    with TestClient(create_gateway(fleet, environ={})) as client:
+        assert client.post("/embed", json={"inputs": "x"}).status_code == 503  # its only worker is down
+        assert client.post("/embed", json={"inputs": "x", "model": "zz"}).status_code == 404
+        text = client.get("/metrics").text
+    assert 'embedserve_gateway_requests_total{model="a",route="/embed",status="503"} 1.0' in text
+    assert 'embedserve_gateway_requests_total{model="zz",route="/embed",status="404"} 1.0' in text
+    assert 'embedserve_gateway_live_workers{model="a"} 0.0' in text
+    assert 'embedserve_gateway_request_duration_seconds_count{model="a",route="/embed"} 1.0' in text
