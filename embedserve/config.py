@@ -9,6 +9,7 @@ with errors that name the entry and the key.
 from __future__ import annotations
 
 import typing
+from collections.abc import Set as AbstractSet
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,32 +24,49 @@ ALIASES = {"name": "served_model_name"}
 
 def load_models(path: str, defaults: ModelSettings) -> tuple[ModelSettings, ...]:
     """The models of a config file, each starting from ``defaults``."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"--config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"--config {path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, f"--config {path}")
     entries = data.get("models") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise SettingsError(f"--config {path}: expected a `models:` list with at least one entry")
-    hints = typing.get_type_hints(ModelSettings)
-    known = {f.name for f in fields(ModelSettings)}
     models = []
     for i, entry in enumerate(entries):
-        where = f"--config {path}: models[{i}]"
-        if not isinstance(entry, dict):
-            raise SettingsError(f"{where} must be a mapping of settings")
-        values: dict[str, Any] = {}
-        for key, value in entry.items():
-            name = ALIASES.get(str(key), str(key))
-            if name not in known:
-                raise SettingsError(f"{where} has an unknown key {key!r}; known keys: name, {', '.join(sorted(known))}")
-            values[name] = checked(value, hints[name], f"{where}.{key}")
-        if "model_id" not in values:
-            raise SettingsError(f"{where} needs a model_id (a hub id or a local directory)")
+        values, _ = model_entry(entry, f"--config {path}: models[{i}]")
         models.append(replace(defaults, **values))
     return tuple(models)
+
+
+def read_yaml(path: str | Path, where: str) -> Any:
+    """A YAML file's content; SettingsError starting with ``where`` when it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{where}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{where} is not valid YAML: {exc}") from exc
+
+
+def model_entry(entry: Any, where: str, own: AbstractSet[str] = frozenset()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model entry of a config or fleet file: its :class:`ModelSettings` fields by name (``name`` for
+    ``served_model_name``), each value checked, and apart the keys in ``own`` (the file's own, unchecked here; one
+    shadows a setting of the same name). Unknown keys and a missing ``model_id`` are errors naming ``where``."""
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{where} must be a mapping of settings")
+    hints = typing.get_type_hints(ModelSettings)
+    known = {f.name for f in fields(ModelSettings)} - set(own)
+    values: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    for key, value in entry.items():
+        if str(key) in own:
+            extras[str(key)] = value
+            continue
+        name = ALIASES.get(str(key), str(key))
+        if name not in known:
+            choices = ", ".join(sorted({*ALIASES, *own, *known}))
+            raise SettingsError(f"{where} has an unknown key {key!r}; known keys: {choices}")
+        values[name] = checked(value, hints[name], f"{where}.{key}")
+    if "model_id" not in values:
+        raise SettingsError(f"{where} needs a model_id (a hub id or a local directory)")
+    return values, extras
 
 
 def checked(value: Any, hint: Any, where: str) -> Any:

@@ -26,15 +26,12 @@ value is checked here, and an error names the file, the entry and the key.
 
 from __future__ import annotations
 
-import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-
-from embedserve.config import ALIASES, checked
+from embedserve.config import model_entry, read_yaml
 from embedserve.options import SettingsError
 from embedserve.settings import ModelSettings
 
@@ -121,13 +118,7 @@ _GATEWAY_TYPES: dict[str, Any] = {
 def load_fleet(path: str | Path) -> Fleet:
     """Read and check a fleet file; raises SettingsError naming the bad key."""
     where = f"fleet file {path}"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"{where}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{where} is not valid YAML: {exc}") from exc
-    return parse_fleet(data, where)
+    return parse_fleet(read_yaml(path, where), where)
 
 
 def parse_fleet(data: Any, where: str = "fleet file") -> Fleet:
@@ -180,25 +171,9 @@ def _gateway(data: Any, where: str) -> GatewaySpec:
 
 
 def _model(entry: Any, where: str) -> FleetModel:
-    if not isinstance(entry, dict):
-        raise SettingsError(f"{where} must be a mapping of settings")
-    hints = typing.get_type_hints(ModelSettings)
-    known = {f.name for f in fields(ModelSettings)} - {"device"}
-    settings: dict[str, Any] = {}
-    own: dict[str, Any] = {}
-    for key, value in entry.items():
-        name = ALIASES.get(str(key), str(key))
-        if str(key) in _FLEET_KEYS:
-            own[str(key)] = value
-        elif name in known:
-            settings[name] = checked(value, hints[name], f"{where}.{key}")
-        else:
-            choices = ", ".join(sorted({"name", *_FLEET_KEYS, *known}))
-            raise SettingsError(f"{where} has an unknown key {key!r}; known keys: {choices}")
+    settings, own = model_entry(entry, where, _FLEET_KEYS)
     if not settings.get("served_model_name"):
         raise SettingsError(f"{where} needs a name (what clients put in `model`)")
-    if "model_id" not in settings:
-        raise SettingsError(f"{where} needs a model_id (a hub id or a local directory)")
     device = own.get("device", "cpu")
     if device not in ("cpu", "gpu"):
         raise SettingsError(f"{where}.device must be cpu or gpu, got {device!r}")
