@@ -106,7 +106,7 @@ class Admission:
                 f"model {name!r} is overloaded: all {self.capacity} input slots are taken; retry soon",
                 headers={"Retry-After": retry},
             )
-        self.shed(tokens_ahead, name)
+        self._refuse_over_limit(wait, name)
         if deadline_in is not None and wait > deadline_in:
             raise DeadlineExceededError(
                 f"the request's deadline ({max(0.0, deadline_in) * 1000:.0f} ms left) is shorter than the predicted "
@@ -118,7 +118,9 @@ class Admission:
     def shed(self, tokens_ahead: float, name: str) -> None:
         """429 before a request is even read, when the work ahead alone is over the limit: under a flood this keeps
         each refusal cheap (no body parsing, no tokenizing), so the cores stay with the admitted work."""
-        wait = self.predicted_wait(tokens_ahead + self.tokenizing_tokens)
+        self._refuse_over_limit(self.predicted_wait(tokens_ahead + self.tokenizing_tokens), name)
+
+    def _refuse_over_limit(self, wait: float, name: str) -> None:
         if self.max_queue_time > 0 and wait > self.max_queue_time:
             raise OverloadedError(
                 f"model {name!r} is overloaded: the predicted wait of {wait:.2f} s is over the {self.max_queue_time:g} "
