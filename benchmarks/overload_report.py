@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import figure, hardware_line, md_table, num, verdict
+from benchmarks.report import figure, hardware_line, md_table, num, targets_table
 from benchmarks.targets import rss_row, target_row
 
 GOODPUT_FRACTION = 0.9  # goodput under the flood, as a fraction of the measured capacity
@@ -162,10 +162,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        *md_table(
-            ["target", "measured", "required", "result"],
-            [[t["target"], t["measured"], t["required"], verdict(t["met"])] for t in results.get("targets", [])],
-        ),
+        *targets_table(results),
         "",
         *_flood_section(results),
         *_soak_section(results.get("soak")),

@@ -285,6 +285,14 @@ def _overload_section(overload: dict[str, Any]) -> list[str]:
     ]
 
 
+def targets_table(results: dict[str, Any]) -> list[str]:
+    """The targets of a results file as a markdown table: what was measured, what was required, met or not."""
+    return md_table(
+        ["target", "measured", "required", "result"],
+        [[t["target"], t["measured"], t["required"], verdict(t["met"])] for t in results.get("targets", [])],
+    )
+
+
 def hardware_line(hw: dict[str, Any]) -> str:
     """CPU, cores, RAM and torch's version and threads, in one line."""
     return (
@@ -308,10 +316,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        *md_table(
-            ["target", "measured", "required", "result"],
-            [[t["target"], t["measured"], t["required"], verdict(t["met"])] for t in results.get("targets", [])],
-        ),
+        *targets_table(results),
         "",
         *_headline(results),
         "",
