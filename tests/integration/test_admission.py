@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import math
 import socket
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import eventually, model_settings, run_server
+from tests.rawhttp import read_answer
 from tests.wrappers import Gated, wrapping
 
 pytestmark = pytest.mark.integration
@@ -86,18 +86,6 @@ def test_a_request_predicted_to_wait_past_max_queue_time_gets_429_with_retry_aft
         assert server.runtime.admission.tokenizing_tokens == 0
 
 
-def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, body = data.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
-    return int(lines[0].split()[1]), headers, body
-
-
 def test_a_flood_is_answered_from_the_request_head_and_the_connection_stays_usable(minilm_path):
     loader, built = wrapping(Gated)
     settings = model_settings(minilm_path, max_queue_time=0.1, max_batch_requests=4)
@@ -111,14 +99,14 @@ def test_a_flood_is_answered_from_the_request_head_and_the_connection_stays_usab
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 head = "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode())
-                status, headers, answer = await asyncio.to_thread(_read_answer, sock)  # before any body byte
-                assert status == 429
-                assert json.loads(answer)["error"]["code"] == "overloaded"
-                assert int(headers["retry-after"]) >= 1
+                refused = await asyncio.to_thread(read_answer, sock)  # before any body byte
+                assert refused.status == 429
+                assert refused.json()["error"]["code"] == "overloaded"
+                assert int(refused.headers["retry-after"]) >= 1
                 sock.sendall(body[:10])
                 sock.sendall(body[10:] + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                status, _, answer = await asyncio.to_thread(_read_answer, sock)
-                assert status == 200, answer  # the dropped body did not desynchronize the connection
+                health = await asyncio.to_thread(read_answer, sock)
+                assert health.status == 200, health.body  # the dropped body did not desynchronize the connection
             metrics = (await client.get("/metrics")).text
             assert 'embedserve_requests_total{model="-",route="/v1/embeddings",status="429"} 1.0' in metrics
             model.gate.set()

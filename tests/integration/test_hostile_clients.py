@@ -6,7 +6,6 @@ sent are bounded."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import threading
@@ -23,6 +22,7 @@ from embedserve.http.app import create_app
 from embedserve.http.server import uvicorn_config
 from embedserve.settings import EdgeSettings, ServerSettings, Settings
 from tests.conftest import model_settings
+from tests.rawhttp import Answer, read_answer
 
 pytestmark = pytest.mark.integration
 
@@ -93,33 +93,6 @@ def hostile(minilm_path, splade_path) -> Iterator[Hostile]:
         server.should_exit = True
         thread.join(30)
         sock.close()
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-def read_answer(sock: socket.socket) -> Answer:
-    """One HTTP/1.1 response with a Content-Length body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response head: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed mid-body"
-        body += chunk
-    return Answer(int(lines[0].split()[1]), headers, body)
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:
