@@ -8,6 +8,7 @@ The gateway routes by it, and ``embedserve deploy`` turns it into Compose and Ku
       token_file: /run/secrets/token  # shared secret the gateway sends to workers (optional)
       trusted_proxies: [10.0.0.0/8]   # X-Forwarded-For is believed only from these
       rate_limit_rps: 80              # per key, as --rate-limit-rps (also rate_limit_burst, rate_limit_tpm)
+      worker_auth: none               # or google-id-token: send workers a Google ID token (Cloud Run IAM)
     models:
       - name: minilm                  # the served name clients use in `model`
         model_id: sentence-transformers/all-MiniLM-L6-v2
@@ -39,6 +40,7 @@ WORKER_PORT = 3000
 GATEWAY_PORT = 8080
 
 Device = Literal["cpu", "gpu"]
+WORKER_AUTH = ("none", "google-id-token")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class GatewaySpec:
     """Requests a key may make at once above its rate, as ``--rate-limit-burst``."""
     rate_limit_tpm: int | None = None
     """Tokens per minute per key, as ``--rate-limit-tpm``; unset: no token budget."""
+    worker_auth: str = "none"
+    """``google-id-token``: every call to a worker carries an ID token from the metadata server, for workers that
+    are private Cloud Run services (see :mod:`embedserve.gateway.identity`); ``none``: only the gateway token."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ _GATEWAY_TYPES: dict[str, Any] = {
     "rate_limit_rps": float,
     "rate_limit_burst": int,
     "rate_limit_tpm": int,
+    "worker_auth": str,
 }
 
 
@@ -160,14 +166,20 @@ def _gateway(data: Any, where: str) -> GatewaySpec:
             raise SettingsError(f"{where}.{key} must be {kind.__name__}, got {value!r}")
         values[str(key)] = value
     spec = GatewaySpec(**values)
+    _check_gateway(spec, where)
+    return spec
+
+
+def _check_gateway(spec: GatewaySpec, where: str) -> None:
     _port(spec.port, f"{where}.port")
+    if spec.worker_auth not in WORKER_AUTH:
+        raise SettingsError(f"{where}.worker_auth must be one of {', '.join(WORKER_AUTH)}, got {spec.worker_auth!r}")
     if spec.rate_limit_rps < 0:
         raise SettingsError(f"{where}.rate_limit_rps must be 0 (off) or positive, got {spec.rate_limit_rps}")
     for name in ("rate_limit_burst", "rate_limit_tpm"):
         value = getattr(spec, name)
         if value is not None and value < 1:
             raise SettingsError(f"{where}.{name} must be at least 1, got {value}")
-    return spec
 
 
 def _model(entry: Any, where: str) -> FleetModel:

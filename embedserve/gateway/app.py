@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from embedserve.errors import BackendError, EmbedServeError, ModelNotFoundError, from_http_status
 from embedserve.fleet import Fleet
+from embedserve.gateway.identity import METADATA_HOST, GoogleIdTokens, WorkerAuth
 from embedserve.gateway.metrics import GatewayMetrics
 from embedserve.gateway.proxy import Proxy
 from embedserve.gateway.workers import HEALTH_INTERVAL, Workers
@@ -211,13 +212,18 @@ def create_gateway(
         limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=4.0),
         timeout=httpx.Timeout(300.0, connect=1.0, pool=30.0),
     )
-    workers = Workers(fleet, client, interval=interval)
+    env = dict(os.environ if environ is None else environ)
+    id_tokens = None
+    if spec.worker_auth == "google-id-token":
+        id_tokens = GoogleIdTokens(client, metadata_host=env.get("GCE_METADATA_HOST") or METADATA_HOST)
+    auth = WorkerAuth(gateway_token(fleet, env), id_tokens)
+    workers = Workers(fleet, client, interval=interval, auth=auth)
     ctx = GatewayContext(
         fleet=fleet,
         keys=ApiKeys(edge),
         governor=Governor(edge),
         workers=workers,
-        proxy=Proxy(workers, client, gateway_token(fleet, dict(os.environ if environ is None else environ))),
+        proxy=Proxy(workers, client, auth),
         trusted_proxies=tuple(ipaddress.ip_network(cidr, strict=False) for cidr in spec.trusted_proxies),
         payload_limit=server.payload_limit,
         body_timeout=server.body_timeout,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import httpx
 
 from embedserve.errors import UnhealthyError
+from embedserve.gateway.identity import IdentityTokenError, WorkerAuth
 from embedserve.gateway.workers import Workers
-from embedserve.http.keys import GATEWAY_TOKEN_HEADER
 
 log = logging.getLogger("embedserve.gateway")
 
@@ -44,18 +44,16 @@ class Answer:
 class Proxy:
     """Sends requests to the workers with one keep-alive HTTP/1.1 client."""
 
-    def __init__(self, workers: Workers, client: httpx.AsyncClient, token: str | None) -> None:
+    def __init__(self, workers: Workers, client: httpx.AsyncClient, auth: WorkerAuth) -> None:
         self.workers = workers
         self._client = client
-        self._token = token
+        self._auth = auth
 
     async def forward(self, model: str, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         """POST ``body`` to ``path`` on a live replica of ``model``; raises UnhealthyError (503) when none can take
         it."""
         pool = self.workers.pool(model)
         sent = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
-        if self._token is not None:
-            sent[GATEWAY_TOKEN_HEADER] = self._token
         tried: set[str] = set()
         resets = 0
         while True:
@@ -67,9 +65,14 @@ class Proxy:
                     headers={"Retry-After": "1"},
                 )
             tried.add(worker.url)
+            try:
+                auth = await self._auth.headers(worker.url)
+            except IdentityTokenError as exc:
+                log.error("no identity token for %s: %s", worker.url, exc)
+                raise UnhealthyError(f"the gateway cannot authenticate to the workers of model {model!r}") from exc
             worker.in_flight += 1
             try:
-                response = await self._client.post(f"{worker.url}{path}", content=body, headers=sent)
+                response = await self._client.post(f"{worker.url}{path}", content=body, headers={**sent, **auth})
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.warning("cannot connect to %s (%s); trying another replica of %s", worker.url, exc, model)
                 self.workers.mark_down(worker)
@@ -97,9 +100,6 @@ class Proxy:
         if worker is None:
             return None
         try:
-            return await self._client.get(f"{worker.url}{path}", headers=self._auth())
-        except httpx.HTTPError:
+            return await self._client.get(f"{worker.url}{path}", headers=await self._auth.headers(worker.url))
+        except (httpx.HTTPError, IdentityTokenError):
             return None
-
-    def _auth(self) -> dict[str, str]:
-        return {} if self._token is None else {GATEWAY_TOKEN_HEADER: self._token}

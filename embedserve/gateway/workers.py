@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from embedserve.fleet import Fleet
+from embedserve.gateway.identity import IdentityTokenError, WorkerAuth
 
 log = logging.getLogger("embedserve.gateway")
 
@@ -66,9 +67,17 @@ class Pool:
 class Workers:
     """Every model's pool, and the poller that keeps their liveness current."""
 
-    def __init__(self, fleet: Fleet, client: httpx.AsyncClient, *, interval: float = HEALTH_INTERVAL) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        client: httpx.AsyncClient,
+        *,
+        interval: float = HEALTH_INTERVAL,
+        auth: WorkerAuth | None = None,
+    ) -> None:
         self.pools = {m.name: Pool(m.name, [Worker(m.name, url) for url in m.worker_urls]) for m in fleet.models}
         self._client = client
+        self._auth = auth or WorkerAuth()
         self._interval = interval
         self._checks: set[asyncio.Task[None]] = set()
 
@@ -81,10 +90,15 @@ class Workers:
         return [w for pool in self.pools.values() for w in pool.workers]
 
     async def check(self, worker: Worker) -> None:
-        """Ask one worker's /health and record the answer; log only changes."""
+        """Ask one worker's /health and record the answer; log only changes. On Cloud Run /health is behind IAM
+        like every path, so the poll carries the same credentials as a proxied request."""
         try:
-            response = await self._client.get(f"{worker.url}/health", timeout=HEALTH_TIMEOUT)
+            headers = await self._auth.headers(worker.url)
+            response = await self._client.get(f"{worker.url}/health", headers=headers, timeout=HEALTH_TIMEOUT)
             live = response.status_code == 200
+        except IdentityTokenError as exc:
+            log.warning("no identity token for %s: %s", worker.url, exc)
+            live = False
         except httpx.HTTPError:
             live = False
         if live != worker.live:

@@ -81,6 +81,10 @@ def test_the_gateway_section_is_optional():
         (lambda d: d["models"][0].update(port=70000), "models[0].port must be a TCP port"),
         (lambda d: d["gateway"].update(port="80"), "gateway.port must be int"),
         (lambda d: d["gateway"].update(tls=True), "gateway has an unknown key 'tls'"),
+        (
+            lambda d: d["gateway"].update(worker_auth="oauth"),
+            "gateway.worker_auth must be one of none, google-id-token, got 'oauth'",
+        ),
         (lambda d: d.update(workers=[]), "unknown top-level key 'workers'"),
         (lambda d: d.update(models=[]), "expected a `models:` list with at least one entry"),
         (lambda d: d["models"][0].update(quantize="int8", dtype="bfloat16"), "models[0]: --quantize int8 replaces"),
