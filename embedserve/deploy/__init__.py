@@ -1,7 +1,8 @@
-"""``embedserve deploy compose|kubernetes --fleet fleet.yaml --out DIR``: deployment files from a fleet file.
+"""``embedserve deploy compose|kubernetes|cloudrun --fleet fleet.yaml --out DIR``: deployment files from a fleet file.
 
-The same fleet file the gateway routes by becomes a Compose project (:mod:`.compose`) or Kubernetes manifests
-(:mod:`.kubernetes`, autoscaling in :mod:`.autoscaling`), with Prometheus and Grafana (:mod:`.monitoring`). The
+The same fleet file the gateway routes by becomes a Compose project (:mod:`.compose`), Kubernetes manifests
+(:mod:`.kubernetes`, autoscaling in :mod:`.autoscaling`), with Prometheus and Grafana (:mod:`.monitoring`), or
+Terraform for Google Cloud Run (:mod:`.cloudrun`, written by :mod:`.hcl`). The
 output is deterministic: the same fleet file gives byte-identical files, so they can be committed and diffed. This
 package imports neither torch, the engines nor the HTTP app.
 """
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from embedserve.deploy import compose, kubernetes
+from embedserve.deploy import cloudrun, compose, kubernetes
 from embedserve.deploy.common import Options, header
 from embedserve.fleet import load_fleet
 from embedserve.options import SettingsError
@@ -26,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``embedserve deploy`` arguments."""
     parser = argparse.ArgumentParser(
         prog="embedserve deploy",
-        description="Write Compose or Kubernetes files for a fleet file (the same file `embedserve gateway` reads).",
+        description="Write Compose, Kubernetes or Cloud Run (Terraform) files for a fleet file (the same file "
+        "`embedserve gateway` reads).",
     )
-    parser.add_argument("target", choices=("compose", "kubernetes"), help="what to generate")
+    parser.add_argument("target", choices=("compose", "kubernetes", "cloudrun"), help="what to generate")
     parser.add_argument("--fleet", required=True, metavar="FILE", help="the fleet file (see the README)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created if missing)")
     parser.add_argument("--image-cpu", default=Options.image_cpu, help="image of the gateway and of CPU workers")
@@ -50,14 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def generate(target: str, fleet_path: Path, options: Options, dashboard: str = "") -> dict[str, str]:
-    """Every file for ``target``, by path under the output folder; YAML files start with a generated-by header."""
+    """Every file for ``target``, by path under the output folder; YAML and Terraform files start with a
+    generated-by header."""
     fleet = load_fleet(fleet_path)
     if target == "compose":
         files = compose.generate(fleet_path, fleet, options, dashboard)
+    elif target == "cloudrun":
+        files = cloudrun.generate(fleet_path, fleet, options)
     else:
         files = kubernetes.generate(fleet_path, fleet, options)
     return {
-        path: header(options) + text if path.endswith((".yaml", ".yml")) else text
+        path: header(options) + text if path.endswith((".yaml", ".yml", ".tf")) else text
         for path, text in sorted(files.items())
     }
 
