@@ -332,7 +332,12 @@ def _gateway(path: Path, fleet: Fleet, models: tuple[FleetModel, ...], keys: boo
                 ("depends_on", waits),
             ],
         ),
-        _invoker("gateway_public", "google_cloud_run_v2_service.gateway", "allUsers"),
+        _invoker(
+            "gateway_public",
+            "google_cloud_run_v2_service.gateway",
+            "allUsers",
+            Comment("Public on purpose: the gateway is the fleet's edge and checks the API keys itself."),
+        ),
     ]
 
 

@@ -327,7 +327,8 @@ def test_workers_and_gateway_run_non_root_on_a_read_only_root_with_their_caches_
         pod = deployment["spec"]["template"]["spec"]
         spec = container(deployment)
         assert pod["securityContext"]["runAsNonRoot"] is True
-        assert pod["securityContext"]["runAsUser"] == 1000
+        assert pod["securityContext"]["runAsUser"] >= 10000  # no collision with a host account
+        assert pod["automountServiceAccountToken"] is False
         assert spec["securityContext"]["readOnlyRootFilesystem"] is True
         assert spec["securityContext"]["allowPrivilegeEscalation"] is False
         empty = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
