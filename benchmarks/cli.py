@@ -115,9 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BENCH_EXTRA = 'pip install -e ".[bench]"'
+"""How to install what the benchmark commands need beyond embedserve's test extras."""
+
+
+def require(command: str, *modules: str) -> None:
+    """Exit with a message naming the extra to install when one of ``modules`` is missing (before a traceback would
+    say it halfway through a run)."""
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise SystemExit(f"python -m benchmarks {command} needs {', '.join(missing)} (the bench extra): {BENCH_EXTRA}")
+
+
+def needs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The optional packages a parsed command imports: psutil to measure servers, matplotlib to plot,
+    sentence-transformers for the naive server variant."""
+    if args.command == "report" or (args.command == "overload" and args.report_only):
+        return ("matplotlib",)
+    if args.command == "run":
+        return ("psutil", "matplotlib", *(("sentence_transformers",) if "naive" in args.only else ()))
+    if args.command == "overload":
+        return ("psutil", "matplotlib")
+    return ()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m benchmarks``."""
     args = build_parser().parse_args(argv)
+    require(args.command, *needs(args))
     if args.command == "make-bge-large-shape":
         from benchmarks.make_model import make_bge_large_shape
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import socket
 import sys
 import types
 import typing
@@ -20,6 +22,8 @@ from embedserve import __version__
 from embedserve.config import load_models
 from embedserve.options import SettingsError, env_names, flag_name, unwrap_optional
 from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings
+
+log = logging.getLogger("embedserve.cli")
 
 GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("model", ModelSettings),
@@ -181,8 +185,19 @@ def _as_list(value: Any) -> list[str]:
     return list(value) if isinstance(value, list) else [value]
 
 
+# The server command's exit statuses, as the README's table lists them. SIGKILL (or the OOM killer) shows as 137.
+EXIT_STOPPED = 0
+"""Stopped cleanly: SIGTERM or SIGINT (Ctrl-C), after draining admitted requests (a second signal stops at once)."""
+EXIT_LOAD_FAILED = 1
+"""A model could not be loaded (the log names it and why)."""
+EXIT_BAD_SETTINGS = 2
+"""Bad flags, environment variables or config file (the message names the setting to change)."""
+EXIT_CANNOT_LISTEN = 3
+"""The port is in use, below 1024 without root, or the address is not on this machine; nothing was loaded."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, check, serve until SIGTERM/SIGINT. Returns the exit status."""
+    """Parse, check, listen, serve until SIGTERM/SIGINT. Returns the exit status (the ``EXIT_*`` constants)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["gateway"]:
         from embedserve.gateway.cli import main as gateway_main
@@ -197,15 +212,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.check()
     except SettingsError as exc:
         sys.stderr.write(f"embedserve: error: {exc}\n")
-        return 2
+        return EXIT_BAD_SETTINGS
 
-    import uvicorn  # imported here so that --help and errors in flags stay fast
+    from embedserve.http.server import ListenError, check_free, listen  # here so that --help and flag errors stay fast
+
+    # The port first: a port in use must stop the command now, not after the models have loaded.
+    try:
+        sock = listen(settings.server)
+    except ListenError as exc:
+        sys.stderr.write(f"embedserve: error: {exc}\n")
+        return EXIT_CANNOT_LISTEN
+    with sock:
+        try:
+            if settings.edge.prometheus_port is not None:
+                check_free(settings.server.hostname, settings.edge.prometheus_port, "--prometheus-port")
+        except ListenError as exc:
+            sys.stderr.write(f"embedserve: error: {exc}\n")
+            return EXIT_CANNOT_LISTEN
+        return _serve(settings, sock)
+
+
+def _serve(settings: Settings, sock: socket.socket) -> int:
+    """Serve on ``sock`` until SIGTERM/SIGINT (draining first) or a failed model load."""
+    import uvicorn
 
     from embedserve import logs
     from embedserve.http.app import create_app, drain
     from embedserve.http.server import uvicorn_config
 
-    logs.configure(json_output=settings.server.json_output, level=settings.server.log_level)
+    logs.configure(
+        json_output=settings.server.json_output,
+        level=settings.server.log_level,
+        access_log_polls=settings.server.access_log_polls,
+    )
     failures: list[BaseException] = []
     server: uvicorn.Server | None = None
 
@@ -236,5 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings, on_load_error=on_load_error)
     config = uvicorn_config(app, settings, timeout_graceful_shutdown=int(settings.edge.graceful_shutdown_timeout) + 1)
     server = Server(config)
-    server.run()
-    return 1 if failures else 0
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info("listening on http://%s:%d (Ctrl-C stops); the models load now, /health answers 200 once they are ready",
+             shown, port)  # fmt: skip
+    server.run(sockets=[sock])
+    return EXIT_LOAD_FAILED if failures else EXIT_STOPPED

@@ -60,6 +60,14 @@ class ServerSettings:
         default="info",
         metadata=opt("Lowest level logged. debug adds per-batch detail; warning keeps only problems and start-up."),
     )
+    access_log_polls: bool = field(
+        default=False,
+        metadata=opt(
+            "Write access-log lines for /health and /metrics too. Off by default: load balancers, orchestrators and "
+            "Prometheus poll them every few seconds and their lines would bury the API's; the metrics count them "
+            "either way. Turn it on to see who polls and what they got."
+        ),
+    )
     header_timeout: float = field(
         default=10.0,
         metadata=opt(

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from embedserve import logs
 from embedserve.core.admission import Admission, Throughput
 from embedserve.core.backend import BackendThread
 from embedserve.core.batching import Batch, BatchQueue, Job
@@ -125,7 +126,14 @@ class ModelRuntime:
         try:
             info, model = await backend.call(self._loader, self.spec)
             self._configure(info)
-            cost = await backend.call(model.warmup, self.spec.max_batch_tokens)
+            with logs.step(log, "model %s: warming up (timing a small and a large batch)", self.name):
+                cost = await backend.call(model.warmup, self.spec.max_batch_tokens)
+            # Debug only: on a CPU the fixed cost is a fraction of a millisecond, so this ratio of two small timings
+            # swings from tens to thousands of tokens between starts of the same model (the packer copes with that).
+            log.debug(
+                "model %s: a forward pass costs %.2f ms + %.4f ms per padded token: %.0f tokens of overhead",
+                self.name, cost.fixed_seconds * 1e3, cost.token_seconds * 1e3, cost.overhead_tokens,
+            )  # fmt: skip
             self.batch_overhead_tokens = cost.overhead_tokens
             self.admission.throughput = Throughput(cost.tokens_per_second)
             assert self._tokenizers is not None
@@ -148,11 +156,9 @@ class ModelRuntime:
         self.loaded_in = time.perf_counter() - t0
         self.state = State.READY
         log.info(
-            "model %s ready in %.1fs: %s on %s with %s (%s%s), %s pooling, dim %d, max input %d tokens, "
-            "a forward pass costs %.0f tokens of overhead",
+            "model %s ready in %.1fs: %s on %s with %s (%s%s), %s pooling, dim %d, max input %d tokens",
             self.name, self.loaded_in, info.architecture, info.device, info.engine, info.dtype,
             f", {info.quantize}" if info.quantize else "", info.pooling, info.dim, self._max_input_length,
-            self.batch_overhead_tokens,
         )  # fmt: skip
 
     def _observe(self, on_batch: Callable[[str, Batch], None] | None, batch: Batch) -> None:

@@ -17,10 +17,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedserve import logs
 from embedserve.engines.base import InferenceModel, ModelInfo
 from embedserve.engines.cache import default_cache_dir
+from embedserve.engines.modelfiles import BUNDLED_DEFAULT_PACKAGE
 from embedserve.hardware import available_cores
-from embedserve.settings import ModelSettings
+from embedserve.settings import DEFAULT_MODEL_ID, ModelSettings
 
 if TYPE_CHECKING:
     from embedserve.engines.describe import ModelDescription
@@ -32,20 +34,43 @@ def load(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
     """Load the model ``spec`` names (fetching its files if needed). Raises ModelLoadError naming what is wrong."""
     from embedserve.engines.describe import describe  # transformers (which imports torch) only once a model loads
 
-    desc = describe(spec)
     engine = choose_engine(spec)
     options: dict[str, Any] = {
         "threads": spec.intra_op_threads or available_cores(),
         "cache_root": Path(spec.engine_cache_dir).expanduser() if spec.engine_cache_dir else default_cache_dir(),
     }
-    if spec.engine != "auto" or engine == "torch":
-        return _load(engine, desc, spec, options)
-    try:
-        return _load(engine, desc, spec, options)
-    except Exception as exc:  # an export, a graph or a compile that fails: auto still serves the model
-        log.warning("%s cannot serve %s (%s: %s); serving it with torch", engine, spec.model_id,
-                    type(exc).__name__, exc)  # fmt: skip
-        return _load("torch", desc, spec, options)
+    chosen = f"{engine} (--engine auto)" if spec.engine == "auto" else engine
+    with logs.step(log, "loading model %s with %s on %s", spec.model_id, chosen, _device(spec, engine)):
+        if _on_the_hub(spec):
+            with logs.step(log, "fetching %s from the Hugging Face hub (or its cache)", spec.model_id):
+                desc = describe(spec)
+        else:
+            desc = describe(spec)
+        if spec.engine != "auto" or engine == "torch":
+            return _load(engine, desc, spec, options)
+        try:
+            return _load(engine, desc, spec, options)
+        except Exception as exc:  # an export, a graph or a compile that fails: auto still serves the model
+            log.warning("%s cannot serve %s (%s: %s); serving it with torch", engine, spec.model_id,
+                        type(exc).__name__, exc)  # fmt: skip
+            return _load("torch", desc, spec, options)
+
+
+def _device(spec: ModelSettings, engine: str) -> str:
+    """The device a model will run on, for the log line that starts loading it."""
+    if engine != "torch":
+        return "cpu"
+    if spec.device == "auto":
+        return "cuda" if _cuda_available() else "cpu"
+    return spec.device
+
+
+def _on_the_hub(spec: ModelSettings) -> bool:
+    """Whether the model's files come from the hub (or its cache): neither a directory nor the bundled default."""
+    if Path(spec.model_id).expanduser().is_dir() or spec.model_id.startswith((".", "/", "~")):
+        return False
+    bundled = spec.model_id == DEFAULT_MODEL_ID and spec.revision is None
+    return not (bundled and importlib.util.find_spec(BUNDLED_DEFAULT_PACKAGE) is not None)
 
 
 def choose_engine(spec: ModelSettings) -> str:

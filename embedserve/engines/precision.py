@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from embedserve import logs
 from embedserve.engines import agreement
 from embedserve.engines.agreement import Run
 from embedserve.engines.base import Agreement
@@ -54,7 +55,8 @@ def cached_agreement(
     t0 = time.perf_counter()
     ids = agreement.encode(desc.tokenizer_json, agreement.builtin_texts(),
                            desc.max_input_length, desc.lowercase)  # fmt: skip
-    measured = agreement.measure(form, reference, candidate, ids, sparse=desc.kind == "sparse", switch=switch)
+    with logs.step(log, "checking %s against float32 on %d texts (once per model, engine and CPU)", form, len(ids)):
+        measured = agreement.measure(form, reference, candidate, ids, sparse=desc.kind == "sparse", switch=switch)
     try:
         cache.write_json(name, {**dataclasses.asdict(measured), **stamp})
     except OSError as exc:  # a read-only or misconfigured cache costs a re-measurement next start, nothing more

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from embedserve import logs
 from embedserve.engines.cache import ArtifactCache, content_key, file_sha256
 from embedserve.engines.describe import ModelDescription
 from embedserve.engines.onnx.export import FORMAT_VERSION, OUTPUT_NAMES
@@ -52,8 +53,8 @@ def fp32_graph(desc: ModelDescription, cache_root: Path) -> Graph:
     def build(target: Path) -> None:
         from embedserve.engines.onnx.export import export  # torch is needed only to export
 
-        log.info("exporting %s to ONNX (once; cached in %s)", desc.model_id, cache.dir)
-        export(desc, target)
+        with logs.step(log, "exporting %s to ONNX (once; cached in %s)", desc.model_id, cache.dir):
+            export(desc, target)
 
     return Graph(cache.get("model.onnx", build, "ONNX graph"), OUTPUT_NAMES[desc.kind], False, cache)
 
