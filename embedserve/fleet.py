@@ -1,6 +1,7 @@
 """The fleet file: one YAML file that describes a gateway and the models behind it, one worker process per model.
 
-The gateway routes by it, and ``embedserve deploy`` turns it into Compose and Kubernetes files. Example::
+The gateway routes by it, and ``embedserve deploy`` turns it into Compose, Kubernetes or Cloud Run (Terraform) files.
+Example::
 
     gateway:
       port: 8080                      # where clients connect

@@ -1,4 +1,4 @@
-"""What Compose and Kubernetes share: resource names, a worker's environment, the gateway's copy of the fleet file,
+"""What the deployment targets share: resource names, a worker's environment, the gateway's copy of the fleet file,
 and deterministic YAML.
 
 Nothing here starts a server: the generated files are text, written the same way for the same fleet file, so they can
