@@ -69,8 +69,6 @@ class GoogleIdTokens:
     client: httpx.AsyncClient
     metadata_host: str = METADATA_HOST
     clock: Callable[[], float] = time.time
-    fetches: int = 0
-    """Metadata calls made so far (for the log and the tests)."""
     _cache: dict[str, _Cached] = field(default_factory=dict, init=False, repr=False)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
 
@@ -90,7 +88,6 @@ class GoogleIdTokens:
 
     async def _fetch(self, aud: str) -> str:
         url = f"http://{self.metadata_host}{IDENTITY_PATH}?audience={quote(aud, safe='')}&format=full"
-        self.fetches += 1
         try:
             response = await self.client.get(url, headers={"Metadata-Flavor": "Google"}, timeout=METADATA_TIMEOUT)
         except httpx.HTTPError as exc:
