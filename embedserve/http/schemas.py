@@ -8,15 +8,23 @@ which knows the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, TypeGuard
 
 import orjson
 
+from embedserve.core.capabilities import Capability
 from embedserve.core.tokenization import Direction
 from embedserve.errors import EmptyInputError, InvalidJSONError, ValidationError
+from embedserve.http.fields import Body, Field, Served, fixed, nullable
 
 EncodingFormat = Literal["float", "base64"]
+TOKEN_IDS_MESSAGE = (
+    "`{name}` holds token ids; embedserve accepts text only: send the strings instead. LangChain's OpenAIEmbeddings "
+    "sends tiktoken ids unless built with check_embedding_ctx_length=False"
+)
+"""Token-id inputs (TEI and the OpenAI API accept them; ids of another model's tokenizer would embed garbage here)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,40 +56,13 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def parse_tei_embed(body: dict[str, Any]) -> EmbedRequest:
-    """``POST /embed``: ``inputs``, ``normalize``, ``truncate``, ``truncation_direction``, ``prompt_name``,
-    ``dimensions`` and an optional ``model``."""
-    return _parse_embed(body, "inputs")
-
-
-def parse_openai_embeddings(body: dict[str, Any]) -> EmbedRequest:
-    """``POST /v1/embeddings``: the OpenAI fields plus the TEI extras ``truncate``, ``truncation_direction``,
-    ``prompt_name`` and ``normalize``. ``user`` is accepted and ignored."""
-    _optional_str(body, "user")
+def _encoding_format(body: dict[str, Any]) -> EncodingFormat:
     raw = body.get("encoding_format")
-    fmt: EncodingFormat
     if raw is None or raw == "float":
-        fmt = "float"
-    elif raw == "base64":
-        fmt = "base64"
-    else:
-        raise ValidationError(
-            f"`encoding_format` must be 'float' or 'base64', got {_short(raw)}", param="encoding_format"
-        )
-    return replace(_parse_embed(body, "input"), encoding_format=fmt)
-
-
-def _parse_embed(body: dict[str, Any], input_name: str) -> EmbedRequest:
-    return EmbedRequest(
-        inputs=_texts(body, input_name),
-        normalize=_bool(body, "normalize", default=True),
-        truncate=_optional_bool(body, "truncate"),
-        truncation_direction=_direction(body),
-        prompt_name=_optional_str(body, "prompt_name"),
-        dimensions=_dimensions(body),
-        model=_optional_str(body, "model"),
-        input_param=input_name,
-    )
+        return "float"
+    if raw == "base64":
+        return "base64"
+    raise ValidationError(f"`encoding_format` must be 'float' or 'base64', got {_short(raw)}", param="encoding_format")
 
 
 def _texts(body: dict[str, Any], name: str) -> list[str]:
@@ -97,10 +78,7 @@ def _texts(body: dict[str, Any], name: str) -> list[str]:
             if isinstance(item, str):
                 continue
             if _is_int(item) or _is_int_list(item):
-                raise ValidationError(
-                    f"`{name}` holds token ids; embedserve accepts text only: send the strings instead",
-                    param=name,
-                )
+                raise ValidationError(TOKEN_IDS_MESSAGE.format(name=name), param=name)
             raise ValidationError(f"`{name}[{i}]` must be a string, got {_json_type(item)}", param=name)
         texts = value
     else:
@@ -114,6 +92,16 @@ def _texts(body: dict[str, Any], name: str) -> list[str]:
 
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> int | None:
+    """An integer, also when sent as a float with nothing after the point (JSON has one number type: JSON Schema's
+    ``integer`` includes 384.0); None for anything else, booleans included."""
+    if _is_int(value):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _is_int_list(value: Any) -> bool:
@@ -158,11 +146,12 @@ def _dimensions(body: dict[str, Any]) -> int | None:
     value = body.get("dimensions")
     if value is None:
         return None
-    if not _is_int(value):
+    number = _integer(value)
+    if number is None:
         raise ValidationError(f"`dimensions` must be an integer, got {_json_type(value)}", param="dimensions")
-    if value < 1:
+    if number < 1:
         raise ValidationError(f"`dimensions` must be positive, got {value}", param="dimensions")
-    return value
+    return number
 
 
 def _json_type(value: Any) -> str:
@@ -197,20 +186,6 @@ class SparseRequest:
     return_tokens: bool = False
 
 
-def parse_sparse(body: dict[str, Any]) -> SparseRequest:
-    """``inputs``, ``truncate``, ``truncation_direction``, ``prompt_name``, ``model`` and the extensions ``top_k``
-    (keep the k heaviest terms) and ``return_tokens`` (the vocabulary entry of each term)."""
-    return SparseRequest(
-        inputs=_texts(body, "inputs"),
-        truncate=_optional_bool(body, "truncate"),
-        truncation_direction=_direction(body),
-        prompt_name=_optional_str(body, "prompt_name"),
-        model=_optional_str(body, "model"),
-        top_k=_positive_int(body, "top_k"),
-        return_tokens=_bool(body, "return_tokens", default=False),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class RerankRequest:
     """``POST /rerank`` (TEI) and ``POST /v1/rerank`` (Cohere/Jina), normalized."""
@@ -225,35 +200,12 @@ class RerankRequest:
     model: str | None = None
 
 
-def parse_tei_rerank(body: dict[str, Any]) -> RerankRequest:
-    """``query``, ``texts``, ``truncate``, ``truncation_direction``, ``raw_scores``, ``return_text``, ``model``."""
-    return RerankRequest(
-        query=_required_str(body, "query"),
-        documents=_texts(body, "texts"),
-        truncate=_optional_bool(body, "truncate"),
-        truncation_direction=_direction(body),
-        raw_scores=_bool(body, "raw_scores", default=False),
-        return_documents=_bool(body, "return_text", default=False),
-        model=_optional_str(body, "model"),
-    )
-
-
-def parse_cohere_rerank(body: dict[str, Any]) -> RerankRequest:
-    """``model``, ``query``, ``documents`` (strings or ``{"text": ...}``), ``top_n``, ``return_documents``, plus the
-    extensions ``truncate``, ``truncation_direction`` and ``raw_scores``."""
+def _cohere_documents(body: dict[str, Any]) -> list[str]:
+    """Cohere's ``documents``: strings or ``{"text": ...}`` objects."""
     raw = body.get("documents")
     if isinstance(raw, list):
-        body = {**body, "documents": [d.get("text") if isinstance(d, dict) else d for d in raw]}
-    return RerankRequest(
-        query=_required_str(body, "query"),
-        documents=_texts(body, "documents"),
-        truncate=_optional_bool(body, "truncate"),
-        truncation_direction=_direction(body),
-        raw_scores=_bool(body, "raw_scores", default=False),
-        return_documents=_bool(body, "return_documents", default=False),
-        top_n=_positive_int(body, "top_n"),
-        model=_optional_str(body, "model"),
-    )
+        body = {"documents": [d.get("text") if isinstance(d, dict) else d for d in raw]}
+    return _texts(body, "documents")
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,9 +220,9 @@ class PredictRequest:
     model: str | None = None
 
 
-def parse_predict(body: dict[str, Any]) -> PredictRequest:
+def _predict_inputs(body: dict[str, Any]) -> tuple[list[tuple[str, str | None]], bool]:
     """``inputs`` as TEI reads it: ``"text"``, a pair ``["a", "b"]``, or a batch ``["a", ["b"], ["c", "d"], ...]``
-    (a list of exactly two strings is one pair)."""
+    (a list of exactly two strings is one pair); and whether it was a batch."""
     value = body.get("inputs")
     if value is None:
         raise ValidationError("`inputs` is required: a text, a pair [text, text], or a list of them", param="inputs")
@@ -291,14 +243,11 @@ def parse_predict(body: dict[str, Any]) -> PredictRequest:
         if not all(item):
             raise EmptyInputError(f"`inputs[{i}]` holds an empty string", param="inputs")
         inputs.append((item[0], item[1] if len(item) == 2 else None))
-    return PredictRequest(
-        inputs=inputs,
-        batched=batched,
-        truncate=_optional_bool(body, "truncate"),
-        truncation_direction=_direction(body),
-        raw_scores=_bool(body, "raw_scores", default=False),
-        model=_optional_str(body, "model"),
-    )
+    return inputs, batched
+
+
+def _predict_request(inputs: tuple[list[tuple[str, str | None]], bool], **fields: Any) -> PredictRequest:
+    return PredictRequest(inputs=inputs[0], batched=inputs[1], **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,16 +260,6 @@ class TokenizeRequest:
     model: str | None = None
 
 
-def parse_tokenize(body: dict[str, Any]) -> TokenizeRequest:
-    """``inputs``, ``add_special_tokens`` (default true), ``prompt_name``, ``model``."""
-    return TokenizeRequest(
-        inputs=_texts(body, "inputs"),
-        add_special_tokens=_bool(body, "add_special_tokens", default=True),
-        prompt_name=_optional_str(body, "prompt_name"),
-        model=_optional_str(body, "model"),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class DecodeRequest:
     """``POST /decode``."""
@@ -330,19 +269,19 @@ class DecodeRequest:
     model: str | None = None
 
 
-def parse_decode(body: dict[str, Any]) -> DecodeRequest:
-    """``ids`` (a list of token ids, or a list of such lists), ``skip_special_tokens`` (default true), ``model``."""
+def _ids(body: dict[str, Any]) -> list[list[int]]:
+    """``ids``: a list of token ids, or a list of such lists."""
     value = body.get("ids")
     if not isinstance(value, list) or not value:
         raise ValidationError("`ids` must be a non-empty list of token ids or of lists of token ids", param="ids")
-    rows = [value] if all(_is_int(v) for v in value) else value
-    if not all(isinstance(row, list) and all(_is_int(v) for v in row) for row in rows):
-        raise ValidationError("`ids` must hold integers only, or lists of integers", param="ids")
-    return DecodeRequest(
-        ids=rows,
-        skip_special_tokens=_bool(body, "skip_special_tokens", default=True),
-        model=_optional_str(body, "model"),
-    )
+    rows = [value] if all(_integer(v) is not None for v in value) else value
+    ids: list[list[int]] = []
+    for row in rows:
+        numbers = [n for n in map(_integer, row) if n is not None] if isinstance(row, list) else None
+        if numbers is None or len(numbers) != len(row):
+            raise ValidationError("`ids` must hold integers only, or lists of integers", param="ids")
+        ids.append(numbers)
+    return ids
 
 
 def _is_pair(value: Any) -> bool:
@@ -362,6 +301,183 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if not _is_int(value) or value < 1:
+    number = _integer(value)
+    if number is None or number < 1:
         raise ValidationError(f"`{name}` must be a positive integer, got {_short(value)}", param=name)
-    return value
+    return number
+
+
+# The bodies, field by field: each field's parser (the functions above) next to its JSON schema. The OpenAPI
+# document is composed from these same objects (embedserve.http.openapi).
+
+TEXT: dict[str, Any] = {"type": "string", "minLength": 1}
+_BATCH_NOTE = "at most --max-client-batch-size (see /info) per request"
+
+
+def _texts_field(key: str, description: str, *, attr: str = "inputs", batched: bool = True) -> Field:
+    def schema(served: Served) -> dict[str, Any]:
+        many: dict[str, Any] = {"type": "array", "items": TEXT, "minItems": 1}
+        if batched:
+            many["maxItems"] = served.max_client_batch_size
+        return {"anyOf": [TEXT, many]}
+
+    note = f"; {_BATCH_NOTE}" if batched else ""
+    return Field(key, lambda body: _texts(body, key), schema, f"{description}{note}.", attr=attr, required=True)
+
+
+def _flag(key: str, default: bool, description: str, *, attr: str = "") -> Field:
+    schema = fixed(nullable({"type": "boolean", "default": default}))
+    return Field(key, lambda body: _bool(body, key, default=default), schema, description, attr=attr)
+
+
+def _optional_flag(key: str, description: str) -> Field:
+    return Field(key, lambda body: _optional_bool(body, key), fixed(nullable({"type": "boolean"})), description)
+
+
+def _positive(key: str, description: str) -> Field:
+    schema = fixed(nullable({"type": "integer", "minimum": 1}))
+    return Field(key, lambda body: _positive_int(body, key), schema, description)
+
+
+def _model_schema(served: Served) -> dict[str, Any]:
+    return nullable({"type": "string", "enum": list(served.models)} if served.models else {"type": "string"})
+
+
+def _prompt_schema(served: Served) -> dict[str, Any]:
+    return nullable({"type": "string", "enum": list(served.prompts)}) if served.prompts else {"type": "null"}
+
+
+def _dimensions_schema(served: Served) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": 1}
+    if served.max_dimensions is not None:
+        schema["maximum"] = served.max_dimensions
+    return nullable(schema)
+
+
+MODEL = Field("model", lambda body: _optional_str(body, "model"), _model_schema,
+               "A served model's name (see /v1/models); the default model when absent.")  # fmt: skip
+TRUNCATE = _optional_flag(
+    "truncate", "Cut inputs longer than the model's limit (true) or refuse them (false); --auto-truncate when absent."
+)
+DIRECTION = Field(
+    "truncation_direction",
+    _direction,
+    fixed(nullable({"type": "string", "pattern": "^([Rr][Ii][Gg][Hh][Tt]|[Ll][Ee][Ff][Tt])$", "default": "right"})),
+    "Which end to cut from: 'right' or 'left', in any case.",
+)
+PROMPT = Field("prompt_name", lambda body: _optional_str(body, "prompt_name"), _prompt_schema,
+                "One of the model's prompts (see /info), prepended to every input.")  # fmt: skip
+_DIMENSIONS = Field("dimensions", _dimensions, _dimensions_schema,
+                    "Keep the first N dimensions (Matryoshka), before normalizing.")  # fmt: skip
+_NORMALIZE = _flag("normalize", True, "L2-normalize the vectors.")
+_RAW_SCORES = _flag("raw_scores", False, "Logits instead of the activated scores.")
+
+parse_tei_embed = Body(
+    "EmbedRequest",
+    EmbedRequest,
+    (_texts_field("inputs", "A text or a list of texts"), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
+     MODEL),
+    Capability.EMBED,
+    "Dense embeddings (TEI's /embed).",
+    ({"inputs": ["What is Deep Learning?", "Deep Learning is not..."]},),
+)  # fmt: skip
+parse_openai_embeddings = Body(
+    "OpenAIEmbeddingsRequest",
+    partial(EmbedRequest, input_param="input"),
+    (Field("user", lambda body: _optional_str(body, "user"), fixed(nullable({"type": "string"})),
+           "Accepted and ignored.", attr=None),
+     Field("encoding_format", _encoding_format, fixed(nullable({"type": "string", "enum": ["float", "base64"]})),
+           "'float' lists or 'base64' little-endian float32; 'float' when absent."),
+     _texts_field("input", "A text or a list of texts"), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
+     MODEL),
+    Capability.EMBED,
+    "OpenAI's embeddings request, with TEI's truncate, truncation_direction, prompt_name and normalize.",
+    ({"input": ["What is Deep Learning?"]},),
+)  # fmt: skip
+parse_sparse = Body(
+    "SparseRequest",
+    SparseRequest,
+    (_texts_field("inputs", "A text or a list of texts"), TRUNCATE, DIRECTION, PROMPT, MODEL,
+     _positive("top_k", "Keep the k heaviest terms of each vector."),
+     _flag("return_tokens", False, "Add each term's vocabulary entry.")),
+    Capability.SPARSE,
+    "SPLADE vectors (TEI's /embed_sparse).",
+    ({"inputs": ["What is Deep Learning?"]},),
+)  # fmt: skip
+parse_tei_rerank = Body(
+    "RerankRequest",
+    RerankRequest,
+    (Field("query", lambda body: _required_str(body, "query"), fixed(TEXT), "The query.", required=True),
+     _texts_field("texts", "The documents to score against the query", attr="documents"), TRUNCATE, DIRECTION,
+     _RAW_SCORES, _flag("return_text", False, "Echo each document's text.", attr="return_documents"), MODEL),
+    Capability.RERANK,
+    "Rerank (TEI's /rerank).",
+    ({"query": "What is Deep Learning?", "texts": ["Deep Learning is...", "cheese"]},),
+)  # fmt: skip
+
+
+def _cohere_documents_schema(served: Served) -> dict[str, Any]:
+    document = {"anyOf": [TEXT, {"type": "object", "properties": {"text": TEXT}, "required": ["text"]}]}
+    return {"anyOf": [TEXT, {"type": "array", "items": document, "minItems": 1,
+                              "maxItems": served.max_client_batch_size}]}  # fmt: skip
+
+
+parse_cohere_rerank = Body(
+    "CohereRerankRequest",
+    RerankRequest,
+    (Field("query", lambda body: _required_str(body, "query"), fixed(TEXT), "The query.", required=True),
+     Field("documents", _cohere_documents, _cohere_documents_schema,
+           f'Texts or {{"text": ...}} objects; {_BATCH_NOTE}.', required=True),
+     TRUNCATE, DIRECTION, _RAW_SCORES, _flag("return_documents", False, "Echo each document."),
+     _positive("top_n", "Return only the n best documents."), MODEL),
+    Capability.RERANK,
+    "Rerank in Cohere's and Jina's shape.",
+    ({"query": "What is Deep Learning?", "documents": ["Deep Learning is...", "cheese"]},),
+)  # fmt: skip
+
+
+def _predict_schema(served: Served) -> dict[str, Any]:
+    pair = {"type": "array", "items": TEXT, "minItems": 1, "maxItems": 2}
+    batch = {"type": "array", "items": {"anyOf": [TEXT, pair]}, "minItems": 1,
+             "maxItems": served.max_client_batch_size}  # fmt: skip
+    return {"anyOf": [TEXT, pair, batch]}
+
+
+parse_predict = Body(
+    "PredictRequest",
+    _predict_request,
+    (Field("inputs", _predict_inputs, _predict_schema, "A text, a pair [text, text], or a list of texts and pairs "
+           f"(a list of exactly two texts is one pair); {_BATCH_NOTE}.", required=True),
+     TRUNCATE, DIRECTION, _RAW_SCORES, MODEL),
+    Capability.CLASSIFY,
+    "Classify texts or text pairs (TEI's /predict).",
+    ({"inputs": "I like you. I love you"},),
+)  # fmt: skip
+parse_tokenize = Body(
+    "TokenizeRequest",
+    TokenizeRequest,
+    (_texts_field("inputs", "A text or a list of texts", batched=False),
+     _flag("add_special_tokens", True, "Add the model's special tokens."), PROMPT, MODEL),
+    Capability.TOKENIZE,
+    "Tokenize with the model's tokenizer.",
+    ({"inputs": "What is Deep Learning?"},),
+)  # fmt: skip
+
+
+def _ids_schema(served: Served) -> dict[str, Any]:
+    token: dict[str, Any] = {"type": "integer", "minimum": 0}
+    if served.vocab_size is not None:
+        token["maximum"] = served.vocab_size - 1
+    return {"anyOf": [{"type": "array", "items": token, "minItems": 1},
+                      {"type": "array", "items": {"type": "array", "items": token}, "minItems": 1}]}  # fmt: skip
+
+
+parse_decode = Body(
+    "DecodeRequest",
+    DecodeRequest,
+    (Field("ids", _ids, _ids_schema, "Token ids of the model's vocabulary, or lists of them.", required=True),
+     _flag("skip_special_tokens", True, "Leave the special tokens out."), MODEL),
+    Capability.TOKENIZE,
+    "Decode token ids with the model's tokenizer.",
+    ({"ids": [101, 2054, 2003, 102]},),
+)  # fmt: skip
