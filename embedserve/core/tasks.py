@@ -137,12 +137,14 @@ async def score(
     param: str,
     request_id: str = "",
     deadline: float | None = None,
+    activation: str | None = None,
 ) -> ScoreResult:
     """Scores of (query, document) pairs (:attr:`Capability.RERANK`) or of single texts and pairs
     (:attr:`Capability.CLASSIFY`).
 
-    Not raw: the activation the model was saved with (sentence-transformers), else a sigmoid for one label (a
-    relevance in 0..1) and a softmax over several."""
+    Not raw: ``activation`` (sigmoid, softmax or none) when the request names one, else the activation the model was
+    saved with (sentence-transformers), else a sigmoid for one label (a relevance in 0..1) and a softmax over
+    several."""
     _, info = runtime.require(capability)
     runtime.check_batch_size(len(pairs), param)
     cut = runtime.truncate(truncate)
@@ -153,7 +155,7 @@ async def score(
     characters = [len(first) + len(second or "") for first, second in pairs]
     run: RunResult[np.ndarray] = await runtime.run(characters, encode, request_id, deadline)
     logits = np.stack(run.rows).astype(np.float32)
-    activation = "none" if raw else info.activation
+    activation = "none" if raw else activation or info.activation
     if activation == "auto":
         activation = "sigmoid" if logits.shape[1] == 1 else "softmax"
     scores: np.ndarray

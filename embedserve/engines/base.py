@@ -16,6 +16,7 @@ class ModelInfo:
 
     model_id: str
     revision: str | None
+    """The hub commit it was loaded from when known (a Hugging Face cache snapshot), else ``--revision``."""
     path: str
     architecture: str
     kind: str

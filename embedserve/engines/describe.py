@@ -29,6 +29,7 @@ from embedserve.engines.modelfiles import (
     SentenceTransformersConfig,
     read_sentence_transformers_config,
     resolve_model_dir,
+    snapshot_commit,
 )
 from embedserve.errors import ModelLoadError
 from embedserve.settings import ModelSettings
@@ -108,7 +109,7 @@ def describe(spec: ModelSettings) -> ModelDescription:
     labels = _labels(config) if kind in ("rerank", "classify") else ()
     return ModelDescription(
         model_id=spec.model_id,
-        revision=spec.revision,
+        revision=snapshot_commit(path) or spec.revision,
         path=path,
         st=st,
         config=config,

@@ -91,6 +91,15 @@ def _download(repo_id: str, revision: str | None) -> Path:
     return path
 
 
+def snapshot_commit(path: Path) -> str | None:
+    """The hub commit of a model directory in the Hugging Face cache (``.../snapshots/<commit>``), whatever branch
+    or tag named it; None for any other directory."""
+    name = path.name
+    if path.parent.name == "snapshots" and len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+        return name
+    return None
+
+
 def read_sentence_transformers_config(path: Path) -> SentenceTransformersConfig:
     """Parse the sentence-transformers files of a model directory (all optional)."""
     modules = _read_json(path / "modules.json")

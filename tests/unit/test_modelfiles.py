@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedserve.engines.modelfiles import read_sentence_transformers_config, resolve_model_dir
+from embedserve.engines.modelfiles import read_sentence_transformers_config, resolve_model_dir, snapshot_commit
 from embedserve.errors import ModelLoadError
 from embedserve.settings import ModelSettings
 
@@ -78,3 +78,10 @@ def test_a_local_directory_without_a_config_is_refused(tmp_path):
 def test_a_missing_path_is_not_mistaken_for_a_hub_id(tmp_path):
     with pytest.raises(ModelLoadError, match="not a directory"):
         resolve_model_dir(ModelSettings(model_id=str(tmp_path / "absent")))
+
+
+def test_a_hugging_face_cache_snapshot_names_its_commit_and_other_directories_none(tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert snapshot_commit(tmp_path / "snapshots" / commit) == commit
+    assert snapshot_commit(tmp_path / "snapshots" / "main") is None
+    assert snapshot_commit(tmp_path / commit) is None

@@ -1,4 +1,5 @@
-"""Cross-encoder routes: ``/rerank`` (TEI), ``/v1/rerank`` (Cohere/Jina shape) and ``/predict`` (TEI classify)."""
+"""Cross-encoder routes: ``/rerank`` (TEI), ``/v1/rerank`` (Cohere v1/Jina shape), ``/v2/rerank`` (Cohere v2) and
+``/predict`` (TEI classify)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from embedserve.core.capabilities import Capability
 from embedserve.core.tasks import ScoreResult
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import endpoint
+from embedserve.http.inference_api import parse_classification_parameters
 from embedserve.http.routes.common import compute, read_body, resolve
 from embedserve.http.schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
 from embedserve.http.web import json_response, request_id
@@ -40,15 +42,20 @@ def _ranked(result: ScoreResult) -> list[tuple[int, float]]:
 @endpoint("/rerank")
 async def rerank(request: Request) -> Response:
     """``[{"index", "score", "text"?}, ...]`` sorted by score, best first."""
-    parsed = parse_tei_rerank(await read_body(request))
+    return await answer_rerank(request, await read_body(request))
+
+
+async def answer_rerank(request: Request, body: dict[str, Any]) -> Response:
+    """``/rerank``'s answer to a body already read (``POST /`` shares it)."""
+    parsed = parse_tei_rerank(body)
     result, headers, _ = await _rerank(request, parsed, "texts")
-    body: list[dict[str, Any]] = []
+    ranks: list[dict[str, Any]] = []
     for index, score in _ranked(result):
         item: dict[str, Any] = {"index": index, "score": score}
         if parsed.return_documents:
             item["text"] = parsed.documents[index]
-        body.append(item)
-    return json_response(body, headers=headers)
+        ranks.append(item)
+    return json_response(ranks, headers=headers)
 
 
 @endpoint("/v1/rerank")
@@ -68,14 +75,37 @@ async def rerank_v1(request: Request) -> Response:
                          headers=headers)  # fmt: skip
 
 
+@endpoint("/v2/rerank")
+async def rerank_v2(request: Request) -> Response:
+    """Cohere's v2 answer: ``{"id", "results": [{"index", "relevance_score"}], "meta"}``, best first. The request is
+    v1's less ``return_documents``; ``max_tokens_per_doc`` is ignored (documents are cut at the model's input
+    length, as ``truncate`` says)."""
+    parsed = parse_cohere_rerank(await read_body(request))
+    result, headers, _ = await _rerank(request, parsed, "documents")
+    results = [{"index": index, "relevance_score": score} for index, score in _ranked(result)[: parsed.top_n]]
+    meta = {"api_version": {"version": "2"}, "billed_units": {"input_tokens": result.prompt_tokens},
+            "tokens": {"input_tokens": result.prompt_tokens}}  # fmt: skip
+    return json_response({"id": request_id(request), "results": results, "meta": meta}, headers=headers)
+
+
 @endpoint("/predict")
 async def predict(request: Request) -> Response:
     """``[{"score", "label"}, ...]`` sorted by score for one input; a list of those for a batch."""
-    parsed = parse_predict(await read_body(request))
+    return await answer_predict(request, await read_body(request))
+
+
+async def answer_predict(request: Request, body: dict[str, Any]) -> Response:
+    """``/predict``'s answer to a body already read. ``POST /`` shares it, and there a body with the Inference API's
+    ``parameters`` (huggingface_hub's ``text_classification``) gets that API's answer: one ranked list per input even
+    for a single text, cut to ``top_k``, scored with ``function_to_apply``."""
+    parsed = parse_predict(body)
+    options = parse_classification_parameters(body)
+    function = options.function_to_apply if options else None
     runtime = resolve(request, parsed.model)
     work = tasks.score(
         runtime, Capability.CLASSIFY, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
-        raw=parsed.raw_scores, param="inputs", request_id=request_id(request), deadline=deadline(request),
+        raw=parsed.raw_scores, activation=function, param="inputs", request_id=request_id(request),
+        deadline=deadline(request),
     )  # fmt: skip
     characters = sum(len(a) + len(b or "") for a, b in parsed.inputs)
     result, headers = await compute(request, work, len(parsed.inputs), characters)
@@ -83,11 +113,14 @@ async def predict(request: Request) -> Response:
     for row in result.scores.tolist():
         labelled = [{"score": score, "label": label} for score, label in zip(row, result.labels, strict=True)]
         predictions.append(sorted(labelled, key=lambda item: -item["score"]))
+    if options is not None:
+        return json_response([ranked[: options.top_k] for ranked in predictions], headers=headers)
     return json_response(predictions if parsed.batched else predictions[0], headers=headers)
 
 
 ROUTES = [
     Route("/rerank", rerank, methods=["POST"]),
     Route("/v1/rerank", rerank_v1, methods=["POST"]),
+    Route("/v2/rerank", rerank_v2, methods=["POST"]),
     Route("/predict", predict, methods=["POST"]),
 ]

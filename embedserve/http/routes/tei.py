@@ -1,9 +1,12 @@
-"""TEI-compatible native routes: ``/embed``, ``/info``, ``/health``, ``/metrics``."""
+"""TEI-compatible native routes: ``/embed``, ``/embed_sparse``, ``/similarity``, ``/info``, ``/health``,
+``/metrics``."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,6 +19,7 @@ from embedserve.core.runtime import ModelRuntime
 from embedserve.errors import UnhealthyError
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, endpoint
+from embedserve.http.inference_api import parse_similarity
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_sparse, parse_tei_embed
 from embedserve.http.web import check_answer_size, json_response, request_id
@@ -24,7 +28,12 @@ from embedserve.http.web import check_answer_size, json_response, request_id
 @endpoint("/embed")
 async def embed(request: Request) -> Response:
     """Dense embeddings: ``[[float, ...], ...]`` in input order."""
-    parsed = parse_tei_embed(await read_body(request))
+    return await answer_embed(request, await read_body(request))
+
+
+async def answer_embed(request: Request, body: dict[str, Any]) -> Response:
+    """``/embed``'s answer to a body already read (``POST /`` shares it)."""
+    parsed = parse_tei_embed(body)
     runtime = resolve(request, parsed.model)
     work = embed_work(request, runtime, parsed)
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
@@ -40,7 +49,12 @@ SPARSE_TOKEN_BYTES = 20
 @endpoint("/embed_sparse")
 async def embed_sparse(request: Request) -> Response:
     """SPLADE vectors: ``[[{"index": int, "value": float, "token"?: str}, ...], ...]``, zeros dropped."""
-    parsed = parse_sparse(await read_body(request))
+    return await answer_sparse(request, await read_body(request))
+
+
+async def answer_sparse(request: Request, body: dict[str, Any]) -> Response:
+    """``/embed_sparse``'s answer to a body already read (``POST /`` shares it)."""
+    parsed = parse_sparse(body)
     runtime = resolve(request, parsed.model)
     work = tasks.embed_sparse(
         runtime, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
@@ -56,7 +70,7 @@ async def embed_sparse(request: Request) -> Response:
         param="top_k",
     )
     tokenizers, _ = runtime.require(Capability.SPARSE)
-    body = []
+    vectors = []
     for indices, values in result.rows:
         terms: list[dict[str, Any]] = [
             {"index": int(i), "value": float(v)} for i, v in zip(indices.tolist(), values.tolist(), strict=True)
@@ -64,8 +78,29 @@ async def embed_sparse(request: Request) -> Response:
         if parsed.return_tokens:
             for term in terms:
                 term["token"] = tokenizers.token_text(term["index"])
-        body.append(terms)
-    return json_response(body, headers=headers)
+        vectors.append(terms)
+    return json_response(vectors, headers=headers)
+
+
+@endpoint("/similarity")
+async def similarity(request: Request) -> Response:
+    """``[float, ...]``: the cosine similarity of each of ``inputs.sentences`` to ``inputs.source_sentence``."""
+    return await answer_similarity(request, await read_body(request))
+
+
+async def answer_similarity(request: Request, body: dict[str, Any]) -> Response:
+    """``/similarity``'s answer to a body already read (``POST /`` shares it)."""
+    parsed = parse_similarity(body)
+    runtime = resolve(request, parsed.model)
+    texts = [parsed.source, *parsed.sentences]
+    work = tasks.embed(
+        runtime, texts, dimensions=None, normalize=True, truncate=parsed.truncate,
+        direction=parsed.truncation_direction, prompt_name=parsed.prompt_name, param="inputs.sentences",
+        request_id=request_id(request), deadline=deadline(request),
+    )  # fmt: skip
+    result, headers = await compute(request, work, len(texts), sum(map(len, texts)))
+    vectors = np.asarray(result.vectors, dtype=np.float32)
+    return json_response((vectors[1:] @ vectors[0]).tolist(), headers=headers)
 
 
 @endpoint("/health", guard="open")
@@ -84,6 +119,9 @@ async def info(request: Request) -> Response:
     ctx = context(request)
     body = describe(ctx.registry.default)
     body["version"] = __version__
+    # TEI's build facts: the commit the server was built from and the image's label, set in the Dockerfiles.
+    body["sha"] = os.environ.get("EMBEDSERVE_GIT_SHA") or None
+    body["docker_label"] = os.environ.get("EMBEDSERVE_DOCKER_LABEL") or None
     body["models"] = [describe(runtime) for runtime in ctx.registry.runtimes.values()]
     return json_response(body)
 
@@ -93,7 +131,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
     spec, model = runtime.spec, runtime.info
     return {
         "model_id": spec.model_id,
-        "model_sha": spec.revision,
+        "model_sha": model.revision if model else spec.revision,
         "served_model_name": runtime.name,
         "model_dtype": model.dtype if model else spec.dtype,
         "engine": _engine(runtime),
@@ -156,6 +194,7 @@ def _model_type(runtime: ModelRuntime) -> dict[str, Any]:
 ROUTES = [
     Route("/embed", embed, methods=["POST"]),
     Route("/embed_sparse", embed_sparse, methods=["POST"]),
+    Route("/similarity", similarity, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/info", info, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
