@@ -28,7 +28,7 @@ from embedserve.errors import ModelLoadError
 from embedserve.http.edge import AppContext, HeadGuard, handle_http_exception
 from embedserve.http.governor import Governor
 from embedserve.http.keys import ApiKeys, GatewayToken
-from embedserve.http.routes import openai, root, scoring, tei, tokens
+from embedserve.http.routes import docs, openai, root, scoring, tei, tokens
 from embedserve.metrics import Metrics
 from embedserve.settings import Settings, SettingsError
 from embedserve.tracing import Tracing
@@ -102,7 +102,7 @@ def create_app(
             )
         )
     app = Starlette(
-        routes=[*tei.ROUTES, *openai.ROUTES, *scoring.ROUTES, *tokens.ROUTES, *root.ROUTES],
+        routes=[*tei.ROUTES, *openai.ROUTES, *scoring.ROUTES, *tokens.ROUTES, *root.ROUTES, *docs.ROUTES],
         middleware=middleware,
         exception_handlers={HTTPException: handle_http_exception},
         lifespan=lifespan,

@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from embedserve.core.registry import Registry
 from embedserve.core.runtime import Timings
 from embedserve.errors import BackendError, EmbedServeError, HeadersTooLargeError, from_http_status
+from embedserve.http.answers import Answer
+from embedserve.http.fields import Body
 from embedserve.http.governor import Governor
 from embedserve.http.keys import ANONYMOUS, GATEWAY_TOKEN_HEADER, ApiKeys, GatewayToken
 from embedserve.http.protocol import CLOSE, STATE_KEY
@@ -74,8 +76,36 @@ def facts(request: Request) -> Facts:
     return found
 
 
-def endpoint(route: str, guard: Guard = "key") -> Callable[[Handler], Handler]:
-    """Wrap a handler served at ``route`` (the template, used as the metrics label)."""
+@dataclass(frozen=True)
+class Operation:
+    """What the OpenAPI document says about a handler (:mod:`embedserve.http.openapi`), declared with it."""
+
+    guard: Guard
+    body: tuple[Body[Any], ...]
+    """The body parsers the handler may use (``POST /`` picks one by the model's kind); empty without a body."""
+    answer: Answer | None
+    errors: tuple[type[EmbedServeError], ...]
+    """Errors beyond those the error table's scopes give every route of its kind (``/health``'s 503)."""
+    listed: bool
+    """False for the document and docs page themselves."""
+
+
+OPERATIONS: dict[Handler, Operation] = {}
+"""Every wrapped handler's declaration, keyed by the handler the routes name."""
+
+
+def endpoint(
+    route: str,
+    guard: Guard = "key",
+    *,
+    body: Body[Any] | tuple[Body[Any], ...] = (),
+    answer: Answer | None = None,
+    errors: tuple[type[EmbedServeError], ...] = (),
+    listed: bool = True,
+) -> Callable[[Handler], Handler]:
+    """Wrap a handler served at ``route`` (the template, used as the metrics label). ``body`` (the parser the
+    handler calls), ``answer`` and ``errors`` describe it for the OpenAPI document."""
+    bodies = body if isinstance(body, tuple) else (body,)
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -112,6 +142,7 @@ def endpoint(route: str, guard: Guard = "key") -> Callable[[Handler], Handler]:
             record(request, route, response.status_code, started, found, kid)
             return response
 
+        OPERATIONS[wrapped] = Operation(guard, bodies, answer, errors, listed)
         return wrapped
 
     return decorate

@@ -25,11 +25,11 @@ class Served:
     """What the request schemas depend on: the served models and their limits."""
 
     models: tuple[str, ...] = ()
-    """Served model names (the ``model`` field's values)."""
-    capabilities: frozenset[Capability] = frozenset(Capability)
-    """What at least one served model can do (all, before the models have loaded and told their kind)."""
+    """The names of the served models that can answer the body (the ``model`` field's values)."""
+    default_capable: bool = True
+    """Whether the default model is among them; when not, the body must name one."""
     max_client_batch_size: int = 32
-    """The largest --max-client-batch-size among the models: inputs per request."""
+    """The largest --max-client-batch-size among them: inputs per request."""
     max_dimensions: int | None = None
     """The largest embedding size (``dimensions`` may ask for fewer), once known."""
     prompts: tuple[str, ...] = ()
@@ -59,7 +59,7 @@ class Field:
     description: str
     attr: str | None = ""
     """The request attribute the value goes to: "" for the key itself, None for read-and-ignored keys."""
-    required: bool = False
+    required: bool | Callable[[Served], bool] = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Body(Generic[T]):
         """The body's JSON schema. Unknown keys are allowed (and ignored), as TEI and the OpenAI API do."""
         properties = {f.key: {**f.schema(served), "description": f.description} for f in self.fields}
         schema: dict[str, Any] = {"type": "object", "properties": properties}
-        required = [f.key for f in self.fields if f.required]
+        required = [f.key for f in self.fields if (f.required(served) if callable(f.required) else f.required)]
         if required:
             schema["required"] = required
         if self.description:

@@ -8,9 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from embedserve.core.capabilities import Capability
 from embedserve.core.tokenization import Direction
 from embedserve.errors import ValidationError
+from embedserve.http.fields import Body, Field, Served, nullable
 from embedserve.http.schemas import (
+    DIRECTION,
+    MODEL,
+    PROMPT,
+    TEXT,
+    TRUNCATE,
     _direction,
     _json_type,
     _optional_bool,
@@ -36,9 +43,8 @@ class SimilarityRequest:
     model: str | None = None
 
 
-def parse_similarity(body: dict[str, Any]) -> SimilarityRequest:
-    """``inputs``: ``{"source_sentence": text, "sentences": [text, ...]}``; ``parameters`` (optional):
-    ``truncate``, ``truncation_direction``, ``prompt_name``; and embedserve's ``model``."""
+def _similarity_inputs(body: dict[str, Any]) -> tuple[str, list[str]]:
+    """``inputs``: ``{"source_sentence": text, "sentences": [text, ...]}``."""
     inputs = body.get("inputs")
     if not isinstance(inputs, dict):
         raise ValidationError(
@@ -46,16 +52,47 @@ def parse_similarity(body: dict[str, Any]) -> SimilarityRequest:
             f"{_json_type(inputs)}",
             param="inputs",
         )
+    # Keys spelled as paths, so that messages and ``param`` name the nested field.
+    source = _required_str({"inputs.source_sentence": inputs.get("source_sentence")}, "inputs.source_sentence")
+    return source, _texts({"inputs.sentences": inputs.get("sentences")}, "inputs.sentences")
+
+
+def _similarity_parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """``parameters`` (optional): ``truncate``, ``truncation_direction``, ``prompt_name``."""
     parameters = _parameters(body)
-    return SimilarityRequest(
-        # Keys spelled as paths, so that messages and ``param`` name the nested field.
-        source=_required_str({"inputs.source_sentence": inputs.get("source_sentence")}, "inputs.source_sentence"),
-        sentences=_texts({"inputs.sentences": inputs.get("sentences")}, "inputs.sentences"),
-        truncate=_optional_bool(parameters, "truncate"),
-        truncation_direction=_direction(parameters),
-        prompt_name=_optional_str(parameters, "prompt_name"),
-        model=_optional_str(body, "model"),
-    )
+    return {
+        "truncate": _optional_bool(parameters, "truncate"),
+        "truncation_direction": _direction(parameters),
+        "prompt_name": _optional_str(parameters, "prompt_name"),
+    }
+
+
+def _similarity_request(inputs: tuple[str, list[str]], parameters: dict[str, Any], **fields: Any) -> SimilarityRequest:
+    return SimilarityRequest(source=inputs[0], sentences=inputs[1], **parameters, **fields)
+
+
+def _similarity_inputs_schema(served: Served) -> dict[str, Any]:
+    texts = {"type": "array", "items": TEXT, "minItems": 1, "maxItems": served.max_client_batch_size - 1}
+    return {"type": "object", "properties": {"source_sentence": TEXT, "sentences": {"anyOf": [TEXT, texts]}},
+            "required": ["source_sentence", "sentences"]}  # fmt: skip
+
+
+def _similarity_parameters_schema(served: Served) -> dict[str, Any]:
+    properties = {field.key: {**field.schema(served), "description": field.description}
+                  for field in (TRUNCATE, DIRECTION, PROMPT)}  # fmt: skip
+    return nullable({"type": "object", "properties": properties})
+
+
+parse_similarity = Body(
+    "SimilarityRequest",
+    _similarity_request,
+    (Field("inputs", _similarity_inputs, _similarity_inputs_schema, "The sentences to compare with the source "
+           "sentence (with it, at most --max-client-batch-size texts per request).", required=True),
+     Field("parameters", _similarity_parameters, _similarity_parameters_schema, "TEI's options."), MODEL),
+    Capability.EMBED,
+    "Sentence similarity (the Inference API's task; TEI's /similarity).",
+    ({"inputs": {"source_sentence": "What is Deep Learning?", "sentences": ["Deep Learning is...", "cheese"]}},),
+)  # fmt: skip
 
 
 def is_similarity(body: dict[str, Any]) -> bool:

@@ -340,7 +340,8 @@ def _positive(key: str, description: str) -> Field:
 
 
 def _model_schema(served: Served) -> dict[str, Any]:
-    return nullable({"type": "string", "enum": list(served.models)} if served.models else {"type": "string"})
+    names = {"type": "string", "enum": list(served.models)} if served.models else {"type": "string"}
+    return nullable(names) if served.default_capable else names
 
 
 def _prompt_schema(served: Served) -> dict[str, Any]:
@@ -355,7 +356,8 @@ def _dimensions_schema(served: Served) -> dict[str, Any]:
 
 
 MODEL = Field("model", lambda body: _optional_str(body, "model"), _model_schema,
-               "A served model's name (see /v1/models); the default model when absent.")  # fmt: skip
+              "A served model's name (see /v1/models); the default model when absent.",
+              required=lambda served: not served.default_capable)  # fmt: skip
 TRUNCATE = _optional_flag(
     "truncate", "Cut inputs longer than the model's limit (true) or refuse them (false); --auto-truncate when absent."
 )

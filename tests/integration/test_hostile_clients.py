@@ -310,7 +310,7 @@ def test_every_405_names_the_allowed_methods(hostile):
 
     with httpx.Client(base_url=hostile.url) as client:
         for route in (*tei.ROUTES, *openai.ROUTES, *scoring.ROUTES, *tokens.ROUTES):
-            path = route.path.replace("{model:path}", "minilm")
+            path = route.path.replace("{model:model_name}", "minilm")
             response = client.request("PUT", path)
             assert response.status_code == 405, path
             assert set(response.headers["allow"].split(", ")) == route.methods, path

@@ -7,11 +7,13 @@ import time
 from typing import Any
 
 import numpy as np
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from embedserve.core.runtime import ModelRuntime
+from embedserve.http import answers
 from embedserve.http.edge import context, endpoint
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_openai_embeddings
@@ -20,7 +22,17 @@ from embedserve.http.web import json_response
 _STARTED = int(time.time())
 
 
-@endpoint("/v1/embeddings")
+class ModelNameConvertor(PathConvertor):
+    """A model name in a path: anything, slashes (``BAAI/bge-small``) and line breaks included, so that every name
+    reaches the handler and an unknown one is ``model_not_found``, not an unmatched route."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("model_name", ModelNameConvertor())
+
+
+@endpoint("/v1/embeddings", body=parse_openai_embeddings, answer=answers.OPENAI_EMBEDDINGS)
 async def embeddings(request: Request) -> Response:
     """``{"object": "list", "data": [...], "model": ..., "usage": ...}`` with float lists or base64 float32."""
     parsed = parse_openai_embeddings(await read_body(request))
@@ -48,14 +60,14 @@ def _encode(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
     return row
 
 
-@endpoint("/v1/models")
+@endpoint("/v1/models", answer=answers.OPENAI_MODELS)
 async def list_models(request: Request) -> Response:
     """Every served model in OpenAI's list shape, with embedserve's extras."""
     registry = context(request).registry
     return json_response({"object": "list", "data": [_model(r) for r in registry.runtimes.values()]})
 
 
-@endpoint("/v1/models/{model}")
+@endpoint("/v1/models/{model}", answer=answers.OPENAI_MODEL)
 async def get_model(request: Request) -> Response:
     """One served model, or 404 in OpenAI's shape."""
     runtime = context(request).registry.resolve(request.path_params["model"])
@@ -80,5 +92,5 @@ ROUTES = [
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/embeddings", embeddings, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    Route("/v1/models/{model:model_name}", get_model, methods=["GET"]),
 ]

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from embedserve.core import tasks
 from embedserve.core.capabilities import Capability
 from embedserve.core.tasks import ScoreResult
+from embedserve.http import answers
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import endpoint
 from embedserve.http.inference_api import parse_classification_parameters
@@ -39,7 +40,7 @@ def _ranked(result: ScoreResult) -> list[tuple[int, float]]:
     return sorted(enumerate(scores), key=lambda item: -item[1])
 
 
-@endpoint("/rerank")
+@endpoint("/rerank", body=parse_tei_rerank, answer=answers.TEI_RANKING)
 async def rerank(request: Request) -> Response:
     """``[{"index", "score", "text"?}, ...]`` sorted by score, best first."""
     return await answer_rerank(request, await read_body(request))
@@ -58,7 +59,7 @@ async def answer_rerank(request: Request, body: dict[str, Any]) -> Response:
     return json_response(ranks, headers=headers)
 
 
-@endpoint("/v1/rerank")
+@endpoint("/v1/rerank", body=parse_cohere_rerank, answer=answers.COHERE_RANKING)
 async def rerank_v1(request: Request) -> Response:
     """``{"id", "results": [{"index", "relevance_score", "document"?: {"text"}}], "model", "usage"}``."""
     parsed = parse_cohere_rerank(await read_body(request))
@@ -75,7 +76,7 @@ async def rerank_v1(request: Request) -> Response:
                          headers=headers)  # fmt: skip
 
 
-@endpoint("/v2/rerank")
+@endpoint("/v2/rerank", body=parse_cohere_rerank, answer=answers.COHERE_V2_RANKING)
 async def rerank_v2(request: Request) -> Response:
     """Cohere's v2 answer: ``{"id", "results": [{"index", "relevance_score"}], "meta"}``, best first. The request is
     v1's less ``return_documents``; ``max_tokens_per_doc`` is ignored (documents are cut at the model's input
@@ -88,7 +89,7 @@ async def rerank_v2(request: Request) -> Response:
     return json_response({"id": request_id(request), "results": results, "meta": meta}, headers=headers)
 
 
-@endpoint("/predict")
+@endpoint("/predict", body=parse_predict, answer=answers.PREDICTIONS)
 async def predict(request: Request) -> Response:
     """``[{"score", "label"}, ...]`` sorted by score for one input; a list of those for a batch."""
     return await answer_predict(request, await read_body(request))

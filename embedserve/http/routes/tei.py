@@ -17,6 +17,7 @@ from embedserve.core import tasks
 from embedserve.core.capabilities import Capability
 from embedserve.core.runtime import ModelRuntime
 from embedserve.errors import UnhealthyError
+from embedserve.http import answers
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, endpoint
 from embedserve.http.inference_api import parse_similarity
@@ -25,7 +26,7 @@ from embedserve.http.schemas import parse_sparse, parse_tei_embed
 from embedserve.http.web import check_answer_size, json_response, request_id
 
 
-@endpoint("/embed")
+@endpoint("/embed", body=parse_tei_embed, answer=answers.EMBEDDINGS)
 async def embed(request: Request) -> Response:
     """Dense embeddings: ``[[float, ...], ...]`` in input order."""
     return await answer_embed(request, await read_body(request))
@@ -46,7 +47,7 @@ SPARSE_TOKEN_BYTES = 20
 """``,"token":"..."`` with a typical word piece."""
 
 
-@endpoint("/embed_sparse")
+@endpoint("/embed_sparse", body=parse_sparse, answer=answers.SPARSE)
 async def embed_sparse(request: Request) -> Response:
     """SPLADE vectors: ``[[{"index": int, "value": float, "token"?: str}, ...], ...]``, zeros dropped."""
     return await answer_sparse(request, await read_body(request))
@@ -82,7 +83,7 @@ async def answer_sparse(request: Request, body: dict[str, Any]) -> Response:
     return json_response(vectors, headers=headers)
 
 
-@endpoint("/similarity")
+@endpoint("/similarity", body=parse_similarity, answer=answers.SIMILARITIES)
 async def similarity(request: Request) -> Response:
     """``[float, ...]``: the cosine similarity of each of ``inputs.sentences`` to ``inputs.source_sentence``."""
     return await answer_similarity(request, await read_body(request))
@@ -103,7 +104,7 @@ async def answer_similarity(request: Request, body: dict[str, Any]) -> Response:
     return json_response((vectors[1:] @ vectors[0]).tolist(), headers=headers)
 
 
-@endpoint("/health", guard="open")
+@endpoint("/health", guard="open", answer=answers.HEALTH, errors=(UnhealthyError,))
 async def health(request: Request) -> Response:
     """200 when every model is ready; 503 while loading, draining, or after a backend died."""
     registry = context(request).registry
@@ -113,7 +114,7 @@ async def health(request: Request) -> Response:
     raise UnhealthyError(f"not ready: {states}")
 
 
-@endpoint("/info")
+@endpoint("/info", answer=answers.INFO)
 async def info(request: Request) -> Response:
     """The default model and every limit, TEI's ``/info`` shape with embedserve's extras."""
     ctx = context(request)
@@ -153,7 +154,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
     }
 
 
-@endpoint("/metrics", guard="metrics")
+@endpoint("/metrics", guard="metrics", answer=answers.METRICS)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of every collector (see embedserve.metrics)."""
     return Response(context(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from embedserve.core import tasks
+from embedserve.http import answers
 from embedserve.http.edge import context, endpoint, facts
 from embedserve.http.routes.common import read_body, resolve
 from embedserve.http.schemas import parse_decode, parse_tokenize
@@ -21,7 +22,7 @@ TOKEN_JSON_BYTES = 60
 TOKENIZE_ADVICE = "tokenize fewer or shorter inputs per request"
 
 
-@endpoint("/tokenize")
+@endpoint("/tokenize", body=parse_tokenize, answer=answers.TOKENS)
 async def tokenize(request: Request) -> Response:
     """``[[{"id", "text", "special", "start", "stop"}, ...], ...]``; offsets are character positions in the input."""
     parsed = parse_tokenize(await read_body(request, batched=False))
@@ -47,7 +48,7 @@ async def tokenize(request: Request) -> Response:
     return json_response(body)
 
 
-@endpoint("/decode")
+@endpoint("/decode", body=parse_decode, answer=answers.TEXTS)
 async def decode(request: Request) -> Response:
     """``["text", ...]``, one string per list of ids."""
     parsed = parse_decode(await read_body(request, batched=False))
