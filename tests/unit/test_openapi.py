@@ -162,3 +162,20 @@ def test_routes_no_served_model_can_answer_are_left_out():
     assert {"/embed", "/similarity", "/v1/embeddings", "/tokenize"} <= paths
     assert not {"/rerank", "/v1/rerank", "/v2/rerank", "/predict", "/embed_sparse"} & paths
     assert set(document(app_for(kind="rerank"))["paths"]) >= {"/rerank", "/v1/rerank", "/predict"}
+
+
+def test_a_body_the_default_model_cannot_serve_must_name_a_model_that_can():
+    models = (ModelSettings(model_id="a", served_model_name="embedder", kind="embedding"),
+              ModelSettings(model_id="b", served_model_name="reranker", kind="rerank"),
+              ModelSettings(model_id="c", served_model_name="classifier", kind="classify"))  # fmt: skip
+    doc = document(create_app(Settings(models=models)))
+    schemas = doc["components"]["schemas"]
+    assert "model" not in schemas["EmbedRequest"]["required"]
+    assert schemas["EmbedRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["embedder"]
+    assert "model" in schemas["RerankRequest"]["required"]
+    assert schemas["RerankRequest"]["properties"]["model"]["enum"] == ["reranker"]
+    assert schemas["PredictRequest"]["properties"]["model"]["enum"] == ["reranker", "classifier"]
+    # POST / answers as the model's kind: a reranker reranks there, so only the classifier takes /predict's body.
+    root = doc["paths"]["/"]["post"]["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
+    predict = next(body for body in root if body["description"].startswith("Classify"))
+    assert predict["properties"]["model"]["enum"] == ["classifier"]
