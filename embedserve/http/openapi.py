@@ -48,7 +48,6 @@ from embedserve.errors import (
 from embedserve.http.edge import OPERATIONS, AppContext, Operation
 from embedserve.http.fields import Body, Served
 from embedserve.http.keys import GATEWAY_TOKEN_HEADER
-from embedserve.http.shedding import QUEUED_ROUTES
 from embedserve.http.web import REQUEST_ID_HEADER, is_openai_path
 
 Scope = Literal["any", "body", "auth", "key", "model", "queued", "unrouted"]
@@ -215,8 +214,8 @@ def _operation(
         scopes.add("key")
     if any(field.key == "model" for body, _ in bodies for field in body.fields) or "model" in dict(params):
         scopes.add("model")
-    if path in QUEUED_ROUTES and method == "POST":
-        scopes.add("queued")
+    if any(body.needs is not Capability.TOKENIZE for body, _ in bodies):
+        scopes.add("queued")  # model work goes through admission and the batch queue; the tokenizer's does not
     errors = [cls for cls in ERROR_TABLE if scope(cls) in scopes or cls in op.errors]
     for status in sorted({cls.status for cls in errors}):
         responses[str(status)] = _error_response([cls for cls in errors if cls.status == status], openai)

@@ -120,6 +120,9 @@ def test_the_error_table_gives_each_route_its_statuses_in_its_family_shape():
     codes = openai["properties"]["error"]["properties"]["code"]["enum"]
     assert {ValidationError.code, "unsupported_for_model", "response_too_large"} <= set(codes)
     assert set(codes) <= {cls.code for cls in ERROR_TABLE if cls.status == 422}
+    for path in ("/", "/similarity", "/v2/rerank", "/v1/embeddings"):  # model work: admission and the queue
+        assert {"429", "504"} <= set(paths[path]["post"]["responses"]), path
+    assert "504" not in paths["/tokenize"]["post"]["responses"]  # the tokenizer answers it, not the queue
     health = paths["/health"]["get"]["responses"]
     assert set(health) == {"200", "408", "431", "500", "503"}  # no body, no key, no model: the table's "any" rows
     for item in paths.values():
