@@ -102,6 +102,16 @@ def test_huggingface_hub_text_classification_gets_every_label_ranked(classifier_
     assert (top[0].label, top[0].score) == (labels[0].label, pytest.approx(raw[labels[0].label], abs=1e-5))
 
 
+def test_only_root_reads_the_inference_api_parameters(classifier_server):
+    body = {"inputs": "I love this place", "parameters": {"top_k": 1}}
+    flat = post(classifier_server, "/predict", body).json()
+    assert [set(item) for item in flat] == [{"label", "score"}] * 3  # TEI's /predict ignores `parameters`
+    assert [len(ranked) for ranked in post(classifier_server, "/", body).json()] == [1]
+    wrong = post(classifier_server, "/", {**body, "parameters": {"function_to_apply": "tanh"}})
+    assert wrong.status_code == 422
+    assert wrong.json()["error"] == "`parameters.function_to_apply` must be 'sigmoid', 'softmax' or 'none', got 'tanh'"
+
+
 def test_root_keeps_tei_shapes_for_tei_bodies_of_every_kind(server, classifier_server):
     assert post(server, "/", {"inputs": TEXTS[0]}).json() == post(server, "/embed", {"inputs": TEXTS[0]}).json()
     sparse = {"inputs": TEXTS[0], "model": "splade"}

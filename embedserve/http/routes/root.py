@@ -31,7 +31,7 @@ async def root(request: Request) -> Response:
     runtime = context(request).registry.resolve(name if isinstance(name, str) else None)
     kind = runtime.info.kind if runtime.info else None  # not loaded yet: /embed answers 503 like any route
     if kind == "classify":
-        return await answer_predict(request, body)
+        return await answer_predict(request, body, inference_api=True)
     if kind == "rerank":
         return await answer_rerank(request, body)
     if kind == "sparse":

@@ -95,12 +95,12 @@ async def predict(request: Request) -> Response:
     return await answer_predict(request, await read_body(request))
 
 
-async def answer_predict(request: Request, body: dict[str, Any]) -> Response:
-    """``/predict``'s answer to a body already read. ``POST /`` shares it, and there a body with the Inference API's
-    ``parameters`` (huggingface_hub's ``text_classification``) gets that API's answer: one ranked list per input even
-    for a single text, cut to ``top_k``, scored with ``function_to_apply``."""
+async def answer_predict(request: Request, body: dict[str, Any], *, inference_api: bool = False) -> Response:
+    """``/predict``'s answer to a body already read. ``POST /`` shares it with ``inference_api``: there a body with the
+    Inference API's ``parameters`` (huggingface_hub's ``text_classification``) gets that API's answer, one ranked list
+    per input even for a single text, cut to ``top_k``, scored with ``function_to_apply``."""
     parsed = parse_predict(body)
-    options = parse_classification_parameters(body)
+    options = parse_classification_parameters(body) if inference_api else None
     function = options.function_to_apply if options else None
     runtime = resolve(request, parsed.model)
     work = tasks.score(
