@@ -20,6 +20,14 @@ DOCS = ["Magma rises through the crust and erupts.", "The stock market closed hi
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+@pytest.fixture(autouse=True)
+def no_telemetry(monkeypatch):
+    """Whatever the developer's environment says: no LangSmith tracing, no Hugging Face telemetry."""
+    for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING"):
+        monkeypatch.setenv(name, "false")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
 @pytest.fixture(scope="module")
 def server(minilm_path, splade_path, reranker_path, classifier_path) -> Iterator[RunningServer]:
     """An embedding model first (the default, which ``POST /`` serves), then one model of every other kind."""
