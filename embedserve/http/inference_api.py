@@ -18,6 +18,7 @@ from embedserve.http.schemas import (
     PROMPT,
     TEXT,
     TRUNCATE,
+    PredictRequest,
     _direction,
     _json_type,
     _optional_bool,
@@ -26,6 +27,7 @@ from embedserve.http.schemas import (
     _required_str,
     _short,
     _texts,
+    parse_predict,
 )
 
 Activation = Literal["sigmoid", "softmax", "none"]
@@ -135,3 +137,30 @@ def _parameters(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError(f"`parameters` must be an object, got {_json_type(value)}", param="parameters")
     return value
+
+
+def _classification_parameters_schema(served: Served) -> dict[str, Any]:
+    activations = {"type": "string", "enum": ["sigmoid", "softmax", "none"]}
+    properties = {"top_k": nullable({"type": "integer", "minimum": 1}), "function_to_apply": nullable(activations)}
+    return nullable({"type": "object", "properties": properties})
+
+
+def _classification(
+    parameters: ClassificationParameters | None, **fields: Any
+) -> tuple[PredictRequest, ClassificationParameters | None]:
+    return parse_predict.build(**fields), parameters
+
+
+parse_classification = Body(
+    "InferenceClassificationRequest",
+    _classification,
+    (*parse_predict.fields,
+     Field("parameters", parse_classification_parameters, _classification_parameters_schema,
+           "The Inference API's text-classification options (huggingface_hub's text_classification sends them); "
+           "with them the answer is one ranked list per input, even for one text, cut to top_k.")),
+    Capability.CLASSIFY,
+    parse_predict.description,
+    parse_predict.examples,
+)  # fmt: skip
+"""``/predict``'s body (TEI's fields, read by :data:`~embedserve.http.schemas.parse_predict`'s fields) and the
+Inference API's ``parameters``; the request and its options, None without ``parameters``."""

@@ -12,15 +12,17 @@ from starlette.routing import Route
 
 from embedserve.http import answers
 from embedserve.http.edge import context, endpoint
-from embedserve.http.inference_api import is_similarity, parse_similarity
+from embedserve.http.inference_api import is_similarity, parse_classification, parse_similarity
 from embedserve.http.routes.common import read_body
 from embedserve.http.routes.scoring import answer_predict, answer_rerank
 from embedserve.http.routes.tei import answer_embed, answer_similarity, answer_sparse
-from embedserve.http.schemas import parse_predict, parse_sparse, parse_tei_embed, parse_tei_rerank
+from embedserve.http.schemas import parse_sparse, parse_tei_embed, parse_tei_rerank
 
 
 @endpoint(
-    "/", body=(parse_tei_embed, parse_similarity, parse_sparse, parse_tei_rerank, parse_predict), answer=answers.ROOT
+    "/",
+    body=(parse_tei_embed, parse_similarity, parse_sparse, parse_tei_rerank, parse_classification),
+    answer=answers.ROOT,
 )
 async def root(request: Request) -> Response:
     """The answer of ``/embed``, ``/similarity``, ``/embed_sparse``, ``/rerank`` or ``/predict``, by the model's

@@ -15,7 +15,7 @@ from embedserve.core.tasks import ScoreResult
 from embedserve.http import answers
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import endpoint
-from embedserve.http.inference_api import parse_classification_parameters
+from embedserve.http.inference_api import parse_classification
 from embedserve.http.routes.common import compute, read_body, resolve
 from embedserve.http.schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
 from embedserve.http.web import json_response, request_id
@@ -99,8 +99,7 @@ async def answer_predict(request: Request, body: dict[str, Any], *, inference_ap
     """``/predict``'s answer to a body already read. ``POST /`` shares it with ``inference_api``: there a body with the
     Inference API's ``parameters`` (huggingface_hub's ``text_classification``) gets that API's answer, one ranked list
     per input even for a single text, cut to ``top_k``, scored with ``function_to_apply``."""
-    parsed = parse_predict(body)
-    options = parse_classification_parameters(body) if inference_api else None
+    parsed, options = parse_classification(body) if inference_api else (parse_predict(body), None)
     function = options.function_to_apply if options else None
     runtime = resolve(request, parsed.model)
     work = tasks.score(
