@@ -130,6 +130,50 @@ class CapabilityError(ValidationError):
     code = "unsupported_for_model"
 
 
+class ImageTooLargeError(EmbedServeError):
+    """An image over ``--image-max-bytes``, sent inline or fetched (the fetch stops at the limit)."""
+
+    status = 413
+    error_type = "ImageTooLarge"
+    openai_type = "invalid_request_error"
+    code = "image_too_large"
+    reason = "payload_too_large"
+
+
+class InvalidImageError(EmbedServeError):
+    """An image input that is not a usable image: bad base64 or data: URL, not an image, a format outside
+    ``--image-formats``, a corrupt file, or more pixels than ``--image-max-pixels`` (a decompression bomb)."""
+
+    status = 422
+    error_type = "InvalidImage"
+    openai_type = "invalid_request_error"
+    code = "invalid_image"
+    reason = "validation"
+
+
+class ImageURLRefusedError(EmbedServeError):
+    """An image URL the server will not fetch: a scheme other than https (http only with --image-fetch-allow-http),
+    an address that is loopback, private, link-local, multicast, reserved or a metadata service (unless
+    --image-fetch-allow names it), or too many redirects. Refused before any connection is made to it."""
+
+    status = 422
+    error_type = "ImageUrlRefused"
+    openai_type = "invalid_request_error"
+    code = "image_url_refused"
+    reason = "validation"
+
+
+class ImageFetchError(EmbedServeError):
+    """An image URL that could not be fetched: no such host, no connection, a timeout, or an answer other than
+    200. The message names which, never what the remote sent."""
+
+    status = 422
+    error_type = "ImageFetchFailed"
+    openai_type = "invalid_request_error"
+    code = "image_fetch_failed"
+    reason = "validation"
+
+
 class OverloadedError(EmbedServeError):
     """Admission is full: every slot of ``--max-concurrent-requests`` is taken."""
 
@@ -275,10 +319,14 @@ ERROR_TABLE: tuple[type[EmbedServeError], ...] = (
     MethodNotAllowedError,
     RequestTimeoutError,
     PayloadTooLargeError,
+    ImageTooLargeError,
     UnsupportedMediaTypeError,
     ValidationError,
     CapabilityError,
     ResponseTooLargeError,
+    InvalidImageError,
+    ImageURLRefusedError,
+    ImageFetchError,
     OverloadedError,
     RateLimitedError,
     HeadersTooLargeError,

@@ -17,7 +17,7 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Engine = Literal["auto", "torch", "onnx", "openvino"]
 Quantize = Literal["int8"]
 Pooling = Literal["cls", "mean", "last-token", "splade"]
-Kind = Literal["embedding", "sparse", "rerank", "classify"]
+Kind = Literal["embedding", "sparse", "rerank", "classify", "multimodal"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -91,7 +91,8 @@ class ModelSettings:
         default=None,
         metadata=opt(
             "What the model does: embedding (dense vectors), sparse (SPLADE), rerank (a cross-encoder with one "
-            "score), classify (a classifier with labels). Default: detected from its files; see the README."
+            "score), classify (a classifier with labels), multimodal (a CLIP-style dual encoder: texts and images). "
+            "Default: detected from its files; see the README."
         ),
     )
     pooling: Pooling | None = field(

@@ -9,6 +9,7 @@ its documentation can never drift apart. Nothing here reads the environment at i
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -126,6 +127,46 @@ class ServerSettings:
         ),
     )
 
+    image_max_bytes: int = field(
+        default=10_000_000,
+        metadata=opt("Largest image input in bytes, inline (after base64) or fetched; larger ones get 413. A fetch "
+                     "stops reading at the limit."),
+    )  # fmt: skip
+    image_max_pixels: int = field(
+        default=25_000_000,
+        metadata=opt("Most pixels (width x height) an image input may have, checked from its header before it is "
+                     "decoded, so a small file claiming a huge image (a decompression bomb) costs nothing; more "
+                     "gets 422."),
+    )  # fmt: skip
+    image_formats: tuple[str, ...] = field(
+        default=("JPEG", "PNG", "WEBP", "GIF", "BMP"),
+        metadata=opt("Image formats decoded (Pillow's names; repeat or comma-separate). Others get 422, so rarely "
+                     "used decoders are never fed untrusted bytes.", metavar="FORMAT"),
+    )  # fmt: skip
+    image_fetch_timeout: float = field(
+        default=10.0,
+        metadata=opt("Seconds one image URL may take in all: connecting, each read, redirects, the whole body. "
+                     "Past it the input gets 422; the fetch never holds a batch (images are fetched before "
+                     "admission)."),
+    )  # fmt: skip
+    image_fetch_max_redirects: int = field(
+        default=3, metadata=opt("Redirects an image fetch follows; each new address is checked again.")
+    )
+    image_fetch_concurrency: int = field(
+        default=16,
+        metadata=opt("Image URLs fetched at once by the whole server; more wait (within --image-fetch-timeout). "
+                     "0 turns URL inputs off: only data: URLs and base64 are accepted."),
+    )  # fmt: skip
+    image_fetch_allow_http: bool = field(
+        default=False, metadata=opt("Fetch http:// image URLs too; by default only https:// ones.")
+    )
+    image_fetch_allow: tuple[str, ...] = field(
+        default=(),
+        metadata=opt("Addresses or networks (CIDR) image URLs may reach even though they are loopback, private, "
+                     "link-local or otherwise not public, e.g. an internal image store (repeat or comma-separate). "
+                     "Everything not public is refused by default, metadata services included.", metavar="CIDR"),
+    )  # fmt: skip
+
     def check(self) -> None:
         """Reject values that cannot work, naming the flag to change."""
         if not 0 < self.port < 65536:
@@ -142,6 +183,18 @@ class ServerSettings:
         if self.max_connections < 0:
             raise SettingsError(f"--max-connections must be 0 (off) or positive, got {self.max_connections}")
         positive("max_response_bytes", self.max_response_bytes)
+        positive("image_max_bytes", self.image_max_bytes)
+        positive("image_max_pixels", self.image_max_pixels)
+        if not self.image_fetch_timeout > 0:
+            raise SettingsError(f"--image-fetch-timeout must be a positive number of seconds, got "
+                                f"{self.image_fetch_timeout}")  # fmt: skip
+        if self.image_fetch_max_redirects < 0 or self.image_fetch_concurrency < 0:
+            raise SettingsError("--image-fetch-max-redirects and --image-fetch-concurrency must not be negative")
+        for network in self.image_fetch_allow:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise SettingsError(f"--image-fetch-allow {network!r} is not an address or a network (CIDR)") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,10 +19,10 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from embedserve.core.batching import Batch, BatchQueue
-from embedserve.engines.base import InferenceModel
+from embedserve.engines.base import ImageModel, InferenceModel
 
 log = logging.getLogger("embedserve.backend")
 T = TypeVar("T")
@@ -122,6 +122,9 @@ class BackendThread:
     def _prepare(self, batch: Batch) -> tuple[Batch, Any] | None:
         assert self._model is not None
         try:
+            images = batch.images
+            if images is not None:  # only a model with the image capability is ever sent images
+                return batch, cast(ImageModel, self._model).prepare_images(images)
             return batch, self._model.prepare(batch.token_ids, batch.type_ids)
         except Exception as exc:
             self._failed(batch, exc)

@@ -97,15 +97,23 @@ class Job:
 
 
 class Entry:
-    """One input of one job, waiting in the queue."""
+    """One input of one job, waiting in the queue: token ids, or an image the engine preprocessed (``pixels``).
 
-    __slots__ = ("ids", "index", "job", "type_ids")
+    ``cost`` is what it adds to a batch's padded cost: its token count, or for an image the positions the vision
+    tower computes for it (the same for every image of a model, so images batch by count)."""
 
-    def __init__(self, job: Job, index: int, ids: list[int], type_ids: list[int] | None = None) -> None:
+    __slots__ = ("cost", "ids", "index", "job", "pixels", "type_ids")
+
+    def __init__(
+        self, job: Job, index: int, ids: list[int], type_ids: list[int] | None = None, pixels: Any = None,
+        cost: int | None = None,
+    ) -> None:  # fmt: skip
         self.job = job
         self.index = index
         self.ids = ids
         self.type_ids = type_ids
+        self.pixels = pixels
+        self.cost = len(ids) if cost is None else cost
 
 
 class Batch:
@@ -127,6 +135,14 @@ class Batch:
         return [entry.ids for entry in self.entries]
 
     @property
+    def images(self) -> list[Any] | None:
+        """The preprocessed images of an image batch, in batch order; None for a batch of texts (the packer never
+        mixes the two)."""
+        if self.entries[0].pixels is None:
+            return None
+        return [entry.pixels for entry in self.entries]
+
+    @property
     def type_ids(self) -> list[list[int]] | None:
         """Token type ids, for models fed text pairs; None otherwise (one model is fed one form)."""
         if self.entries[0].type_ids is None:
@@ -136,12 +152,12 @@ class Batch:
     @property
     def padded_tokens(self) -> int:
         """What the forward pass computes: inputs x longest input."""
-        return len(self.entries) * max(len(entry.ids) for entry in self.entries)
+        return len(self.entries) * max(entry.cost for entry in self.entries)
 
     @property
     def real_tokens(self) -> int:
-        """Tokens that are not padding."""
-        return sum(len(entry.ids) for entry in self.entries)
+        """Tokens that are not padding (an image counts its vision positions)."""
+        return sum(entry.cost for entry in self.entries)
 
     def complete(self, outputs: Iterable[Any]) -> None:
         """Hand per-input results (in batch order) back to the loop. Thread-safe."""
@@ -229,9 +245,18 @@ class BatchQueue:
         """Real tokens queued plus those of the batch being computed: the work a new request waits behind."""
         return self._queued_tokens + self._running_tokens
 
-    def put(self, job: Job, token_ids: list[list[int]], type_ids: list[list[int]] | None = None) -> None:
-        """Queue every input of ``job``. Loop side. Raises UnhealthyError once the queue is closed."""
-        if type_ids is None:
+    def put(
+        self, job: Job, token_ids: list[list[int]], type_ids: list[list[int]] | None = None,
+        pixels: Sequence[Any] | None = None, image_cost: int = 0,
+    ) -> None:  # fmt: skip
+        """Queue every input of ``job``. Loop side. Raises UnhealthyError once the queue is closed. ``pixels`` has
+        one entry per input: a preprocessed image (costing ``image_cost``), or None for a text input."""
+        if pixels is not None:
+            entries = [
+                Entry(job, i, ids) if image is None else Entry(job, i, ids, pixels=image, cost=image_cost)
+                for i, (ids, image) in enumerate(zip(token_ids, pixels, strict=True))
+            ]
+        elif type_ids is None:
             entries = [Entry(job, i, ids) for i, ids in enumerate(token_ids)]
         else:
             entries = [
@@ -241,7 +266,7 @@ class BatchQueue:
             if self._closed:
                 raise UnhealthyError("the model is shutting down")
             self._pending.extend(entries)
-            self._queued_tokens += sum(len(entry.ids) for entry in entries)
+            self._queued_tokens += sum(entry.cost for entry in entries)
             self._cond.notify()
 
     def discard(self, job: Job) -> None:
@@ -256,7 +281,7 @@ class BatchQueue:
         for entry in self._pending:
             (kept if wanted(entry) else dropped).append(entry)
         self._pending = kept
-        self._queued_tokens -= sum(len(entry.ids) for entry in dropped)
+        self._queued_tokens -= sum(entry.cost for entry in dropped)
         return dropped
 
     def done(self, batch: Batch) -> None:
@@ -280,13 +305,16 @@ class BatchQueue:
                 self._cond.wait()
             size = self._window
             window = self._pending[:size]
-            lengths = [len(entry.ids) for entry in window]
-            chosen = pack(lengths, self._max_tokens, self._max_requests, self._overhead_tokens)
+            # Texts and images run through different towers: a batch holds the oldest input's modality only.
+            image = window[0].pixels is not None
+            alike = [i for i, entry in enumerate(window) if (entry.pixels is not None) is image]
+            lengths = [window[i].cost for i in alike]
+            chosen = [alike[k] for k in pack(lengths, self._max_tokens, self._max_requests, self._overhead_tokens)]
             picked = set(chosen)
             entries = [window[i] for i in chosen]
             self._pending = [entry for i, entry in enumerate(window) if i not in picked] + self._pending[size:]
             self._window = max(MIN_PACK_WINDOW, min(MAX_PACK_WINDOW, 4 * len(chosen)))
-            taken = sum(lengths[i] for i in chosen)
+            taken = sum(window[i].cost for i in chosen)
             self._queued_tokens -= taken
             self._running_tokens += taken
         return Batch(entries, self._loop)

@@ -10,6 +10,8 @@ class Capability(enum.StrEnum):
 
     EMBED = "embed"
     """Dense vectors."""
+    EMBED_IMAGE = "embed images"
+    """Dense vectors of images, in the same space as the model's text vectors (CLIP-style dual encoders)."""
     SPARSE = "sparse"
     """SPLADE vectors over the vocabulary."""
     RERANK = "rerank"
@@ -26,5 +28,7 @@ KIND_CAPABILITIES: dict[str, tuple[Capability, ...]] = {
     # A reranker is a one-label classifier, so it scores single texts and pairs as classify asks too.
     "rerank": (Capability.RERANK, Capability.CLASSIFY, Capability.TOKENIZE),
     "classify": (Capability.CLASSIFY, Capability.TOKENIZE),
+    # A dual encoder embeds texts (its text tower) and images (its vision tower) into one space.
+    "multimodal": (Capability.EMBED, Capability.EMBED_IMAGE, Capability.TOKENIZE),
 }
 """What each kind of model can do, in the order error messages list it."""

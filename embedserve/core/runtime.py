@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from embedserve import logs
 from embedserve.core.admission import Admission, Throughput
@@ -24,7 +24,7 @@ from embedserve.core.backend import BackendThread
 from embedserve.core.batching import Batch, BatchQueue, Job
 from embedserve.core.capabilities import KIND_CAPABILITIES, Capability
 from embedserve.core.tokenization import Encoded, TokenizerPool
-from embedserve.engines.base import InferenceModel, ModelInfo
+from embedserve.engines.base import ImageModel, InferenceModel, ModelInfo
 from embedserve.errors import (
     BackendError,
     CapabilityError,
@@ -116,6 +116,8 @@ class ModelRuntime:
         self._tokenizers: TokenizerPool | None = None
         self._queue: BatchQueue | None = None
         self._backend: BackendThread | None = None
+        self.image_model: ImageModel | None = None
+        """The model, when it embeds images too: its image preprocessing runs on worker threads."""
 
     async def start(self, on_batch: Callable[[str, Batch], None] | None = None) -> None:
         """Load, check against the settings, warm up, start the backend thread. Raises ModelLoadError.
@@ -153,6 +155,7 @@ class ModelRuntime:
         self._backend = backend
         backend.serve(model, self._queue, functools.partial(self._observe, on_batch))
         self.info = info
+        self.image_model = cast(ImageModel, model) if info.image_tokens else None
         self.loaded_in = time.perf_counter() - t0
         self.state = State.READY
         log.info(
@@ -268,20 +271,22 @@ class ModelRuntime:
         return [text.lower() for text in texts] if info.lowercase else texts
 
     async def run(
-        self, characters: Sequence[int], encode: Encoder, request_id: str = "", deadline: float | None = None
-    ) -> RunResult[Any]:
+        self, characters: Sequence[int], encode: Encoder, request_id: str = "", deadline: float | None = None,
+        images: int = 0,
+    ) -> RunResult[Any]:  # fmt: skip
         """The pipeline: admission (429 at once when full or when the predicted wait is too long), tokenization on
         the pool, the queue, the batches. ``characters`` has one count per input (what admission estimates its
-        tokens from); ``deadline`` is a ``time.perf_counter()`` time after which the client no longer wants the
-        answer (504 at once when the predicted wait is longer; dropped from the queue once it passes).
+        tokens from; 0 for an image, of which there are ``images``, each costing the model's image tokens);
+        ``deadline`` is a ``time.perf_counter()`` time after which the client no longer wants the answer (504 at
+        once when the predicted wait is longer; dropped from the queue once it passes).
 
         The rows are whatever the model yields per input; callers annotate the ``RunResult`` with the row type their
         capability produces."""
-        _, queue, _ = self._ready()
+        _, queue, info = self._ready()
         assert self._tokenizers is not None
         n = len(characters)
         admission = self.admission
-        estimate = admission.estimate(characters, self._max_input_length)
+        estimate = admission.estimate(characters, self._max_input_length) + images * info.image_tokens
         t0 = time.perf_counter()
         admission.admit(
             n, estimate, queue.tokens_ahead, deadline_in=None if deadline is None else deadline - t0, name=self.name
@@ -294,7 +299,7 @@ class ModelRuntime:
                 admission.tokenized(estimate)
             admission.learn(sum(characters), encoded.tokens)
             job = Job(asyncio.get_running_loop(), n, request_id, deadline)
-            queue.put(job, encoded.ids, encoded.type_ids)
+            queue.put(job, encoded.ids, encoded.type_ids, encoded.pixels, info.image_tokens)
             try:
                 await job.future
             except asyncio.CancelledError:

@@ -12,7 +12,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tokenizers import Tokenizer
 
@@ -35,10 +35,13 @@ class Encoded:
 
     ids: list[list[int]]
     type_ids: list[list[int]] | None = None
+    pixels: list[Any] | None = None
+    """For requests with images, per input: the engine's preprocessed image, or None for a text (whose ids are set;
+    an image's ids are empty)."""
 
     @property
     def tokens(self) -> int:
-        """Real (unpadded) tokens over every input."""
+        """Real (unpadded) text tokens over every input."""
         return sum(map(len, self.ids))
 
 

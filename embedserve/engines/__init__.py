@@ -21,6 +21,7 @@ from embedserve import logs
 from embedserve.engines.base import InferenceModel, ModelInfo
 from embedserve.engines.cache import default_cache_dir
 from embedserve.engines.modelfiles import BUNDLED_DEFAULT_PACKAGE
+from embedserve.errors import ModelLoadError
 from embedserve.hardware import available_cores
 from embedserve.settings import DEFAULT_MODEL_ID, ModelSettings
 
@@ -46,6 +47,11 @@ def load(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
                 desc = describe(spec)
         else:
             desc = describe(spec)
+        if desc.kind == "multimodal" and engine != "torch":
+            if spec.engine != "auto":
+                raise ModelLoadError(f"--engine {engine} cannot serve a multimodal model (two towers, images); use "
+                                     "--engine torch or auto")  # fmt: skip
+            engine = "torch"  # only torch runs both towers
         if spec.engine != "auto" or engine == "torch":
             return _load(engine, desc, spec, options)
         try:

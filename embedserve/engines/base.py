@@ -41,10 +41,14 @@ class ModelInfo:
     """How closely its reduced precision (bfloat16, int8) reproduces float32, measured at start-up; None in
     float32 and on CUDA."""
 
+    image_tokens: int = 0
+    """What one image costs a batch, in the positions its vision tower computes (patches and a class token); 0 for
+    models that take no images."""
+
     @property
     def dimensions(self) -> int | None:
         """Length of the vectors it returns (dense or sparse); None for scoring models, whose output is labels."""
-        return self.dim if self.kind in ("embedding", "sparse") else None
+        return self.dim if self.kind in ("embedding", "sparse", "multimodal") else None
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,16 @@ class InferenceModel(Protocol):
         """Run representative batches so slow first calls and out-of-memory show at start-up. Returns the cost of a
         forward pass: its fixed part (what the packer weighs batch count against padding with) and the per-token
         part (admission's first figure of the model's speed)."""
+
+
+class ImageModel(InferenceModel, Protocol):
+    """A model that also embeds images (kind ``multimodal``): texts go through :meth:`prepare`, images through
+    :meth:`preprocess_images` and :meth:`prepare_images`; :meth:`launch` and :meth:`finish` take either batch."""
+
+    def preprocess_images(self, images: Sequence[Any]) -> list[Any]:
+        """Decoded images (Pillow, RGB) -> the model's input per image (resized, cropped, normalized arrays), as
+        its own image processor does it. Pure CPU work that holds no state: the one method called off the backend
+        thread (on a worker thread), so it overlaps the forward passes."""
+
+    def prepare_images(self, pixels: Sequence[Any]) -> Any:
+        """Stack a batch of preprocessed images and move it to the device."""

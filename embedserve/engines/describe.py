@@ -9,6 +9,7 @@ The kind is picked as follows:
 * ``sparse``: a sentence-transformers SPLADE model, ``--pooling splade``, or a ``*ForMaskedLM`` checkpoint without
   sentence-transformers files (SPLADE checkpoints ship that way; dense ones come with a pooling config);
 * ``rerank`` / ``classify``: a ``*ForSequenceClassification`` model with one label / several labels;
+* ``multimodal``: a dual encoder, whose config has a text and a vision tower (CLIP and the like);
 * ``embedding``: everything else.
 
 ``--kind`` (or ``kind`` in a config file) overrides the detection.
@@ -60,6 +61,8 @@ class ModelDescription:
     prompts: dict[str, str]
     lowercase: bool
     default_prompt_name: str | None
+    image_tokens: int = 0
+    """Positions the vision tower computes per image (multimodal models): its cost in a batch."""
 
     def info(
         self, *, architecture: str, dtype: str, device: str, engine: str = "torch", quantize: str | None = None,
@@ -86,6 +89,7 @@ class ModelDescription:
             engine=engine,
             quantize=quantize,
             agreement=agreement,
+            image_tokens=self.image_tokens,
         )
 
 
@@ -103,6 +107,8 @@ def describe(spec: ModelSettings) -> ModelDescription:
     if backend_tokenizer is None:
         raise ModelLoadError(f"{path} has no fast (Rust) tokenizer; embedserve needs tokenizer.json")
     kind = detect_kind(spec, config, st)
+    if kind == "multimodal":
+        return _dual_encoder(spec, path, st, config, tokenizer, backend_tokenizer.to_str())
     pooling = {"sparse": "splade", "rerank": "none", "classify": "none"}.get(kind) or (
         spec.pooling or st.pooling or _default_pooling(config.model_type)
     )
@@ -131,6 +137,8 @@ def detect_kind(spec: ModelSettings, config: Any, st: SentenceTransformersConfig
     """The model's kind from the settings, its sentence-transformers files and its architectures."""
     if spec.kind is not None:
         return spec.kind
+    if _towers(config) is not None:
+        return "multimodal"
     if spec.pooling == "splade" or st.sparse:
         return "sparse"
     if spec.pooling is not None or st.pooling is not None:
@@ -141,6 +149,32 @@ def detect_kind(spec: ModelSettings, config: Any, st: SentenceTransformersConfig
     if any(a.endswith("ForMaskedLM") for a in architectures) and not st.has_modules:
         return "sparse"
     return "embedding"
+
+
+def _towers(config: Any) -> tuple[Any, Any] | None:
+    """The text and vision configs of a dual encoder (CLIP-style), else None."""
+    text, vision = getattr(config, "text_config", None), getattr(config, "vision_config", None)
+    return None if text is None or vision is None else (text, vision)
+
+
+def _dual_encoder(
+    spec: ModelSettings, path: Path, st: SentenceTransformersConfig, config: Any, tokenizer: Any, tokenizer_json: str
+) -> ModelDescription:
+    """A multimodal model: texts and images embedded into its projection space (``projection_dim``)."""
+    towers = _towers(config)
+    if towers is None:
+        raise ModelLoadError(f"--kind multimodal needs a dual encoder (a text and a vision tower); {path} has "
+                             f"{config.model_type}")  # fmt: skip
+    text, vision = towers
+    patches = (int(vision.image_size) // int(vision.patch_size)) ** 2
+    return ModelDescription(
+        model_id=spec.model_id, revision=snapshot_commit(path) or spec.revision, path=path, st=st, config=config,
+        tokenizer_json=tokenizer_json, kind="multimodal", pooling="projection", dim=int(config.projection_dim),
+        labels=(), activation="auto",
+        max_input_length=_max_input_length(text, tokenizer.model_max_length, st.max_seq_length),
+        pad_id=_pad_id(text.pad_token_id, tokenizer.pad_token_id), prompts={**st.prompts, **spec.prompts},
+        lowercase=st.do_lower_case, default_prompt_name=st.default_prompt_name, image_tokens=patches + 1,
+    )  # fmt: skip
 
 
 def _labels(config: Any) -> tuple[str, ...]:

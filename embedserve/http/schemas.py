@@ -18,6 +18,8 @@ from embedserve.core.capabilities import Capability
 from embedserve.core.tokenization import Direction
 from embedserve.errors import EmptyInputError, InvalidJSONError, ValidationError
 from embedserve.http.fields import Body, Field, Served, fixed, nullable
+from embedserve.http.image_inputs import embed_inputs_field
+from embedserve.media.sources import ImageRef
 
 EncodingFormat = Literal["float", "base64"]
 TOKEN_IDS_MESSAGE = (
@@ -31,7 +33,8 @@ TOKEN_IDS_MESSAGE = (
 class EmbedRequest:
     """One embedding request, whichever route it came from."""
 
-    inputs: list[str]
+    inputs: list[str | ImageRef]
+    """Texts, and for a multimodal model images (see :mod:`embedserve.http.image_inputs`)."""
     normalize: bool = True
     truncate: bool | None = None
     truncation_direction: Direction = "right"
@@ -377,7 +380,7 @@ _RAW_SCORES = _flag("raw_scores", False, "Logits instead of the activated scores
 parse_tei_embed = Body(
     "EmbedRequest",
     EmbedRequest,
-    (_texts_field("inputs", "A text or a list of texts"), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
+    (embed_inputs_field("inputs", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
      MODEL),
     Capability.EMBED,
     "Dense embeddings (TEI's /embed).",
@@ -390,7 +393,7 @@ parse_openai_embeddings = Body(
            "Accepted and ignored.", attr=None),
      Field("encoding_format", _encoding_format, fixed(nullable({"type": "string", "enum": ["float", "base64"]})),
            "'float' lists or 'base64' little-endian float32; 'float' when absent."),
-     _texts_field("input", "A text or a list of texts"), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
+     embed_inputs_field("input", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
      MODEL),
     Capability.EMBED,
     "OpenAI's embeddings request, with TEI's truncate, truncation_direction, prompt_name and normalize.",

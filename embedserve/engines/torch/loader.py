@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import AutoImageProcessor, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from embedserve.engines.agreement import batch_run
 from embedserve.engines.base import ModelInfo
 from embedserve.engines.cache import ArtifactCache, content_key
 from embedserve.engines.describe import ModelDescription
 from embedserve.engines.precision import cached_agreement, pick_bf16, wants_bf16
+from embedserve.engines.torch.clip import DualEncoderRunner
 from embedserve.engines.torch.cross import CrossRunner
 from embedserve.engines.torch.dense import DenseRunner
 from embedserve.engines.torch.runner import Runner
@@ -44,6 +45,7 @@ _MODEL_CLASSES: dict[str, Any] = {
     "sparse": AutoModelForMaskedLM,
     "rerank": AutoModelForSequenceClassification,
     "classify": AutoModelForSequenceClassification,
+    "multimodal": AutoModel,
 }
 
 
@@ -95,6 +97,11 @@ def _runner(desc: ModelDescription, model: Any, device: torch.device) -> Runner:
         return DenseRunner(model, pooling=desc.pooling, **common)
     if desc.kind == "sparse":
         return SpladeRunner(model, **common)
+    if desc.kind == "multimodal":
+        # The image processor without torchvision (Pillow and numpy): thread-safe, and what the model card's own
+        # processor computes when torchvision is absent.
+        processor = AutoImageProcessor.from_pretrained(desc.path, backend="pil")  # type: ignore[no-untyped-call]
+        return DualEncoderRunner(model, processor=processor, **common)
     return CrossRunner(model, **common)
 
 

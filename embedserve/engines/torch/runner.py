@@ -57,10 +57,15 @@ class Runner:
             typed = None if typed is None else typed.pin_memory().to(self.device, non_blocking=True)
         return tensors[0], tensors[1], tensors[2], typed
 
-    def launch(self, prepared: Prepared) -> tuple[torch.Tensor, Any]:
+    def compute(self, prepared: Any) -> torch.Tensor:
+        """The forward pass of a prepared batch (a runner taking other inputs than text dispatches here)."""
+        out: torch.Tensor = self.forward(*prepared)
+        return out
+
+    def launch(self, prepared: Any) -> tuple[torch.Tensor, Any]:
         """Forward pass. On CUDA this returns once the work is queued, with a copy to pinned host memory."""
         with torch.inference_mode():
-            out = self.forward(*prepared)
+            out = self.compute(prepared)
             if not self.cuda:
                 return out, None
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from starlette.requests import Request
 
-from embedserve.core import tasks
+from embedserve.core import images, tasks
+from embedserve.core.capabilities import Capability
 from embedserve.core.runtime import ModelRuntime, Timings
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, facts
+from embedserve.http.image_inputs import has_images, load_images
 from embedserve.http.schemas import EmbedRequest, decode_json_object
 from embedserve.http.web import read_json_body, request_id, timing_headers, until_disconnect
 
@@ -57,8 +59,23 @@ async def compute(request: Request, work: Awaitable[R], inputs: int, characters:
 
 def embed_work(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) -> Awaitable[tasks.EmbedResult]:
     """The dense-embedding work for a parsed ``/embed`` or ``/v1/embeddings`` body (both parse to one shape)."""
+    if has_images(parsed.inputs):
+        return _embed_images(request, runtime, parsed)
     return tasks.embed(
-        runtime, parsed.inputs, dimensions=parsed.dimensions, normalize=parsed.normalize, truncate=parsed.truncate,
+        runtime, cast(list[str], parsed.inputs), dimensions=parsed.dimensions, normalize=parsed.normalize,
+        truncate=parsed.truncate, direction=parsed.truncation_direction, prompt_name=parsed.prompt_name,
+        param=parsed.input_param, request_id=request_id(request), deadline=deadline(request),
+    )  # fmt: skip
+
+
+async def _embed_images(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) -> tasks.EmbedResult:
+    """Texts and images: the model and the batch size are checked before anything is fetched; the images are
+    fetched and decoded before admission (see :mod:`embedserve.http.image_inputs`)."""
+    runtime.require(Capability.EMBED_IMAGE)
+    runtime.check_batch_size(len(parsed.inputs), parsed.input_param)
+    inputs = await load_images(request, parsed.inputs, parsed.input_param)
+    return await images.embed_with_images(
+        runtime, inputs, dimensions=parsed.dimensions, normalize=parsed.normalize, truncate=parsed.truncate,
         direction=parsed.truncation_direction, prompt_name=parsed.prompt_name, param=parsed.input_param,
         request_id=request_id(request), deadline=deadline(request),
     )  # fmt: skip
