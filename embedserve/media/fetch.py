@@ -20,8 +20,10 @@ At most ``--image-fetch-concurrency`` fetches run at once; the rest wait within 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,8 +53,12 @@ class Fetcher:
     def __init__(
         self, *, max_bytes: int, timeout: float, max_redirects: int, concurrency: int, allow_http: bool,
         allow: Sequence[str] = (), registry: CollectorRegistry | None = None, resolver: Resolver = system_resolver,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:  # fmt: skip
+        """``verify``: how certificates are checked (httpx's argument: the system's CAs by default; the tests pass a
+        context trusting their own CA)."""
         self.max_bytes = max_bytes
+        self.verify = verify
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.concurrency = concurrency
@@ -113,10 +119,10 @@ class Fetcher:
         headers = {"Host": url.netloc.decode("ascii"), "Accept": "image/*", "Accept-Encoding": "identity",
                    "User-Agent": "embedserve-image-fetch"}  # fmt: skip
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        timeout = httpx.Timeout(self.timeout)
+        options: dict[str, Any] = {"trust_env": False, "follow_redirects": False, "verify": self.verify}
         try:
             async with (
-                httpx.AsyncClient(trust_env=False, timeout=timeout, follow_redirects=False) as client,
+                httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), **options) as client,
                 client.stream("GET", url.copy_with(host=address), headers=headers, extensions=extensions) as response,
             ):
                 if response.is_redirect:

@@ -13,7 +13,10 @@ import base64
 import contextlib
 import io
 import select
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -298,3 +301,53 @@ def test_decoded_images_keep_no_reference_to_the_fetch(images):
     data = asyncio.run(fetcher(allow=(IMAGE_HOST,)).fetch(f"{images.base}/cat.png"))
     assert isinstance(data, bytes)
     assert io.BytesIO(data).read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tls_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ImageServer, Path, list[str]]]:
+    """The image server over TLS with a certificate for images.test from a CA made here; the server names it
+    receive through SNI are recorded."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test CA")
+    tmp = tmp_path_factory.mktemp("tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA", "-keyout",
+             "ca.key", "-out", "ca.pem", cwd=tmp)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=images.test", "-keyout", "leaf.key", "-out",
+             "leaf.csr", cwd=tmp)  # fmt: skip
+    (tmp / "san.ext").write_text("subjectAltName=DNS:images.test\n")
+    _openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days",
+             "1", "-extfile", "san.ext", "-out", "leaf.pem", cwd=tmp)  # fmt: skip
+    names: list[str] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp / "leaf.pem", tmp / "leaf.key")
+    context.sni_callback = lambda sock, name, ctx: names.append(name or "")
+    server = ImageServer()
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, tmp / "ca.pem", names
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_goes_to_the_checked_address_with_the_name_in_sni_host_and_certificate_check(tls_images):
+    server, ca, names = tls_images
+    port = server.server_address[1]
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return [IMAGE_HOST]
+
+    trusting = ssl.create_default_context(cafile=str(ca))
+    made = fetcher(resolver=resolver, allow=(IMAGE_HOST,), allow_http=False, verify=trusting)
+    assert asyncio.run(made.fetch(f"https://images.test:{port}/cat.png")) == png(seed=7)
+    assert names[-1] == "images.test"
+    assert server.seen[-1] == ("/cat.png", f"images.test:{port}")
+    # The same address under a name the certificate does not hold: the handshake fails, nothing is fetched.
+    with pytest.raises(ImageFetchError, match="could not be reached"):
+        asyncio.run(made.fetch(f"https://other.test:{port}/cat.png"))
+    assert names[-1] == "other.test"
+    assert server.seen[-1] == ("/cat.png", f"images.test:{port}")
