@@ -36,6 +36,9 @@ class Served:
     """Prompt names some served model knows."""
     vocab_size: int | None = None
     """The smallest vocabulary of the models, once loaded: token ids run from 0 to one below it."""
+    capabilities: frozenset[Capability] = frozenset(Capability)
+    """What at least one of them can do (everything while a kind is not known yet): image inputs are documented
+    only where a model takes them."""
 
 
 Schema = Callable[[Served], dict[str, Any]]

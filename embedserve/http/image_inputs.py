@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from embedserve.core.capabilities import Capability
 from embedserve.core.images import ImageInput
 from embedserve.errors import EmbedServeError, EmptyInputError, ValidationError
 from embedserve.http.edge import context
@@ -28,15 +29,15 @@ from embedserve.media.fetch import Fetcher
 from embedserve.media.sources import MEDIA_TYPES, ImageRef, inline_bytes, parse_image_item
 from embedserve.settings import ServerSettings
 
+_URL = "^([Hh][Tt][Tt][Pp][Ss]?://|[Dd][Aa][Tt][Aa]:)"
 IMAGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "image": {"type": "string", "minLength": 1, "description": "An https:// URL, a base64 data: URL, or raw "
-                  "base64 with `type`."},
-        "type": {"type": "string", "enum": list(MEDIA_TYPES), "description": "The media type of raw base64."},
-    },
-    "required": ["image"],
-    "additionalProperties": False,
+    "anyOf": [
+        {"type": "object", "properties": {"image": {"type": "string", "pattern": _URL, "description": "An https:// "
+         "URL or a base64 data: URL."}}, "required": ["image"], "additionalProperties": False},
+        {"type": "object", "properties": {"image": {"type": "string", "minLength": 1, "contentEncoding": "base64",
+         "description": "Raw base64."}, "type": {"type": "string", "enum": list(MEDIA_TYPES), "description": "Its "
+         "media type."}}, "required": ["image", "type"], "additionalProperties": False},
+    ]
 }  # fmt: skip
 """One image input (models of kind multimodal)."""
 
@@ -66,9 +67,11 @@ def embed_inputs_field(key: str, texts: Callable[[dict[str, Any], str], list[str
 
     def schema(served: Served) -> dict[str, Any]:
         text = {"type": "string", "minLength": 1}
-        item = {"anyOf": [text, IMAGE_SCHEMA]}
+        # Image objects are documented only when a served model takes them: elsewhere they are refused.
+        images = Capability.EMBED_IMAGE in served.capabilities
+        item = {"anyOf": [text, IMAGE_SCHEMA]} if images else text
         many = {"type": "array", "items": item, "minItems": 1, "maxItems": served.max_client_batch_size}
-        return {"anyOf": [text, IMAGE_SCHEMA, many]}
+        return {"anyOf": [text, IMAGE_SCHEMA, many] if images else [text, many]}
 
     description = (f"A text or a list of texts; {batch_note}. A multimodal model also takes images in place "
                    'of texts: {"image": "<https URL | data: URL | base64>", "type"?: "image/png"}.')  # fmt: skip

@@ -160,7 +160,14 @@ def served_by(registry: Registry, needs: Capability, *, by_kind: bool = False) -
         max_dimensions=max(dimensions) if dimensions and complete else None,
         prompts=tuple(sorted(prompts)),
         vocab_size=min(vocabularies) if vocabularies and complete else None,
+        capabilities=frozenset(c for runtime in runtimes for c in _capabilities(runtime)),
     )
+
+
+def _capabilities(runtime: ModelRuntime) -> tuple[Capability, ...]:
+    """What a model can do; everything while its kind is not known yet."""
+    kind = runtime.info.kind if runtime.info else runtime.spec.kind
+    return KIND_CAPABILITIES.get(kind or "") or tuple(Capability)
 
 
 def _answers(runtime: ModelRuntime, needs: Capability, by_kind: bool) -> bool:

@@ -164,3 +164,10 @@ def test_an_image_sent_to_a_text_model_is_refused_before_anything_is_fetched(min
         response = client.post("/embed", json={"inputs": [{"image": "https://192.0.2.1/never-fetched.png"}]})
     assert response.status_code == 422
     assert "embed images" in response.json()["error"]
+
+
+def test_the_openapi_document_shows_image_inputs_only_where_a_model_takes_them(clip_server, minilm_server):
+    for server, documented in ((clip_server, True), (minilm_server, False)):
+        with server.client() as client:
+            document = client.get("/openapi.json").text
+        assert ("[Hh][Tt][Tt][Pp][Ss]?://" in document) is documented
