@@ -106,7 +106,9 @@ class Fetcher:
             if not current.host:
                 raise ImageURLRefusedError("the image URL has no host")
             port = current.port or (443 if current.scheme == "https" else 80)
-            address = await resolve_checked(current.host, port, self.policy, self.resolver)
+            # The ASCII (IDNA) form of the name: what DNS, SNI and the Host header carry.
+            host = current.raw_host.decode("ascii")
+            address = await resolve_checked(host, port, self.policy, self.resolver)
             result = await self._get(current, str(address))
             if isinstance(result, bytes):
                 return result
@@ -118,7 +120,7 @@ class Fetcher:
         """One hop to the checked ``address``: the body, or the URL a redirect points to."""
         headers = {"Host": url.netloc.decode("ascii"), "Accept": "image/*", "Accept-Encoding": "identity",
                    "User-Agent": "embedserve-image-fetch"}  # fmt: skip
-        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
         options: dict[str, Any] = {"trust_env": False, "follow_redirects": False, "verify": self.verify}
         try:
             async with (

@@ -282,6 +282,19 @@ def test_the_connection_goes_to_the_checked_address_with_the_host_name_kept(imag
     assert images.seen[-1] == ("/cat.png", f"cdn.example:{port}")
 
 
+def test_an_international_host_name_is_resolved_and_sent_in_its_ascii_form(images):
+    lookups: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return [IMAGE_HOST]
+
+    port = images.server_address[1]
+    asyncio.run(fetcher(resolver=resolver, allow=(IMAGE_HOST,)).fetch(f"http://bücher.example:{port}/cat.png"))
+    assert lookups == ["xn--bcher-kva.example"]
+    assert images.seen[-1] == ("/cat.png", f"xn--bcher-kva.example:{port}")
+
+
 def test_only_https_without_the_http_flag_and_no_urls_at_all_with_concurrency_zero(images):
     with pytest.raises(ImageURLRefusedError, match="must start with https://"):
         asyncio.run(fetcher(allow_http=False, allow=(IMAGE_HOST,)).fetch(f"{images.base}/cat.png"))
