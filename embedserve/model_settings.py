@@ -129,6 +129,22 @@ class ModelSettings:
             "(only --max-concurrent-requests bounds the queue)."
         ),
     )
+    priority_reserve: float = field(
+        default=0.1,
+        metadata=opt(
+            "Share of --max-concurrent-requests kept for high-priority requests: normal and low ones are refused "
+            "once the rest is taken, so interactive queries still get in while other work fills the model (with "
+            "512 slots, 51 are kept). 0 keeps none."
+        ),
+    )
+    low_priority_share: float = field(
+        default=0.5,
+        metadata=opt(
+            "Share of --max-concurrent-requests and of --max-queue-time that low-priority requests (bulk "
+            "backfills) may use: they are refused once that many slots are taken or their predicted wait is over "
+            "that share of the limit, which leaves the rest of the model to normal and high priority."
+        ),
+    )
     max_batch_tokens: int = field(
         default=16384,
         metadata=opt(
@@ -191,12 +207,19 @@ class ModelSettings:
             return self.tokenization_workers
         return max(1, min(available_cores() - 1, 64))
 
+    def _check_lanes(self) -> None:
+        if not 0 <= self.priority_reserve < 1:
+            raise SettingsError(f"--priority-reserve must be at least 0 and below 1, got {self.priority_reserve}")
+        if not 0 < self.low_priority_share <= 1:
+            raise SettingsError(f"--low-priority-share must be above 0 and at most 1, got {self.low_priority_share}")
+
     def check(self) -> None:
         """Reject values and combinations that cannot work, naming the flag to change."""
         positive("max_concurrent_requests", self.max_concurrent_requests)
         positive("max_batch_tokens", self.max_batch_tokens)
         if self.max_queue_time < 0:
             raise SettingsError(f"--max-queue-time must be 0 (off) or positive, got {self.max_queue_time}")
+        self._check_lanes()
         positive("max_client_batch_size", self.max_client_batch_size)
         if self.max_batch_requests is not None:
             positive("max_batch_requests", self.max_batch_requests)

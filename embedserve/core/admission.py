@@ -11,9 +11,12 @@ Two bounds, checked in this order:
 
 The tokens ahead are the real token counts of queued and running inputs (kept by the
 :class:`~embedserve.core.batching.BatchQueue`) plus an estimate, from characters, for requests still being
-tokenized. The speed is measured from the forward passes themselves (:class:`Throughput`), so it follows the
-model, the hardware, the input lengths and the padding the traffic brings; the start-up measurement seeds it.
-Core layer: loop-only state except :class:`Throughput`, which the backend thread feeds.
+tokenized. With priority lanes (:mod:`embedserve.core.priority`) both bounds are per lane: a lane counts the work
+queued in its own and higher lanes plus the running batch, and a lower lane is refused at a smaller share of the
+limits, so room stays for the top lane. The speed is measured from the forward passes themselves
+(:class:`Throughput`), so it follows the model, the hardware, the input lengths and the padding the traffic brings;
+the start-up measurement seeds it. Core layer: loop-only state except :class:`Throughput`, which the backend thread
+feeds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import math
 from collections.abc import Sequence
 
+from embedserve.core.priority import LANES, LaneLimits, Priority
 from embedserve.errors import DeadlineExceededError, OverloadedError
 
 THROUGHPUT_HORIZON_S = 5.0
@@ -66,15 +70,31 @@ class Throughput:
 class Admission:
     """Slots and predicted wait for one model. Event-loop only, except for the :class:`Throughput` it reads."""
 
-    def __init__(self, capacity: int, max_queue_time: float, throughput: Throughput | None = None) -> None:
+    def __init__(
+        self, capacity: int, max_queue_time: float, throughput: Throughput | None = None, *, reserve: float = 0.0,
+        low_share: float = 1.0,
+    ) -> None:  # fmt: skip
         self.capacity = capacity
         self.max_queue_time = max_queue_time
+        self.reserve = reserve
+        """Share of the slots only the top lane may take (--priority-reserve)."""
+        self.low_share = low_share
+        """Share of the slots and of the predicted-wait limit the ``low`` lane may use (--low-priority-share)."""
         self.throughput = throughput or Throughput(None)
         self.in_use = 0
-        self.tokenizing_tokens = 0.0
-        """Estimated tokens of admitted requests not yet queued (being tokenized)."""
+        self.tokenizing = dict.fromkeys(LANES, 0.0)
+        """Per lane, estimated tokens of admitted requests not yet queued (being tokenized)."""
         self._tokens_per_character = TOKENS_PER_CHARACTER
         self._idle: asyncio.Event | None = None
+
+    @property
+    def tokenizing_tokens(self) -> float:
+        """Estimated tokens of every admitted request not yet queued."""
+        return sum(self.tokenizing.values())
+
+    def limits(self) -> LaneLimits:
+        """Each lane's share of the slots and of the predicted-wait limit."""
+        return LaneLimits(self.capacity, self.max_queue_time, self.reserve, self.low_share)
 
     def estimate(self, characters: Sequence[int], max_input_tokens: int) -> float:
         """Tokens a request's inputs will have, guessed from their characters, each capped at the input limit."""
@@ -93,50 +113,60 @@ class Admission:
             return 0.0
         return tokens_ahead / rate
 
-    def admit(self, n: int, estimate: float, tokens_ahead: float, *, deadline_in: float | None, name: str) -> None:
-        """Take ``n`` slots for a request of about ``estimate`` tokens, or raise: 429 when the slots are full or the
-        predicted wait is over the limit, 504 when it is over the client's remaining deadline (``deadline_in``
-        seconds). Never waits."""
-        ahead = tokens_ahead + self.tokenizing_tokens
-        wait = self.predicted_wait(ahead)
-        if self.in_use + n > self.capacity:
+    def admit(
+        self, n: int, estimate: float, tokens_ahead: float, *, deadline_in: float | None, name: str,
+        priority: Priority = Priority.NORMAL,
+    ) -> None:  # fmt: skip
+        """Take ``n`` slots for a request of about ``estimate`` tokens in lane ``priority``, or raise: 429 when the
+        lane's share of the slots is full or its predicted wait is over its limit, 504 when the wait is over the
+        client's remaining deadline (``deadline_in`` seconds). ``tokens_ahead`` counts the queued tokens of this and
+        higher lanes plus the running batch. Never waits."""
+        limits = self.limits()
+        wait = self.predicted_wait(tokens_ahead + self._tokenizing_ahead(priority))
+        slots, limit = limits.slots(priority), limits.wait(priority)
+        if self.in_use + n > slots:
             # Without a prediction (turned off), the first slot to free up is the best guess: a second.
-            retry = _retry_after(wait, self.max_queue_time) if self.max_queue_time > 0 else "1"
-            raise OverloadedError(
-                f"model {name!r} is overloaded: all {self.capacity} input slots are taken; retry soon",
-                headers={"Retry-After": retry},
-            )
-        self._refuse_over_limit(wait, name)
+            retry = _retry_after(wait, limit) if limit > 0 else "1"
+            taken = f"all {self.capacity} input slots are taken" if slots == self.capacity else (
+                f"{self.in_use} input slots are taken and {priority} priority may use {slots}")  # fmt: skip
+            raise OverloadedError(f"model {name!r} is overloaded: {taken}; retry soon", headers={"Retry-After": retry})
+        self._refuse_over_limit(wait, limit, name, priority)
         if deadline_in is not None and wait > deadline_in:
             raise DeadlineExceededError(
                 f"the request's deadline ({max(0.0, deadline_in) * 1000:.0f} ms left) is shorter than the predicted "
                 f"wait of {wait * 1000:.0f} ms for model {name!r}; nothing was computed"
             )
         self.in_use += n
-        self.tokenizing_tokens += estimate
+        self.tokenizing[priority] += estimate
 
-    def shed(self, tokens_ahead: float, name: str) -> None:
-        """429 before a request is even read, when the work ahead alone is over the limit: under a flood this keeps
-        each refusal cheap (no body parsing, no tokenizing), so the cores stay with the admitted work."""
-        self._refuse_over_limit(self.predicted_wait(tokens_ahead + self.tokenizing_tokens), name)
+    def shed(self, tokens_ahead: float, name: str, priority: Priority = Priority.NORMAL) -> None:
+        """429 before a request is even read, when the work ahead of its lane alone is over the lane's limit: under a
+        flood this keeps each refusal cheap (no body parsing, no tokenizing), so the cores stay with the admitted
+        work. ``tokens_ahead`` as for :meth:`admit`."""
+        wait = self.predicted_wait(tokens_ahead + self._tokenizing_ahead(priority))
+        self._refuse_over_limit(wait, self.limits().wait(priority), name, priority)
 
-    def _refuse_over_limit(self, wait: float, name: str) -> None:
-        if self.max_queue_time > 0 and wait > self.max_queue_time:
+    def _tokenizing_ahead(self, priority: Priority) -> float:
+        return sum(self.tokenizing[lane] for lane in priority.at_or_above())
+
+    def _refuse_over_limit(self, wait: float, limit: float, name: str, priority: Priority) -> None:
+        if limit > 0 and wait > limit:
+            which = "--max-queue-time" if limit == self.max_queue_time else f"{priority} priority's share of it"
             raise OverloadedError(
-                f"model {name!r} is overloaded: the predicted wait of {wait:.2f} s is over the {self.max_queue_time:g} "
-                "s limit (--max-queue-time); retry after the Retry-After seconds",
-                headers={"Retry-After": _retry_after(wait, self.max_queue_time)},
+                f"model {name!r} is overloaded: the predicted wait of {wait:.2f} s is over the {limit:g} s limit "
+                f"({which}); retry after the Retry-After seconds",
+                headers={"Retry-After": _retry_after(wait, limit)},
             )
 
-    def tokenized(self, estimate: float) -> None:
+    def tokenized(self, estimate: float, priority: Priority = Priority.NORMAL) -> None:
         """The request admitted with ``estimate`` is tokenized: its real tokens are now counted by the queue."""
-        self.tokenizing_tokens = max(0.0, self.tokenizing_tokens - estimate)
+        self.tokenizing[priority] = max(0.0, self.tokenizing[priority] - estimate)
 
     def release(self, n: int) -> None:
         """Give back ``n`` slots taken by :meth:`admit`."""
         self.in_use -= n
         if self.in_use == 0:
-            self.tokenizing_tokens = 0.0  # nothing in flight: no rounding drift survives an idle moment
+            self.tokenizing = dict.fromkeys(LANES, 0.0)  # nothing in flight: no rounding drift survives an idle moment
             if self._idle is not None:
                 self._idle.set()
 

@@ -9,6 +9,9 @@ Ownership and threads:
   holds everything that arrived while the previous forward pass ran (continuous batching, no wait timer, no polling).
 * Results go back to the loop with ``call_soon_threadsafe``: one callback per batch, never a future per input.
 * The queue counts the real tokens it holds and the tokens of the batch running, for admission's predicted wait.
+* Each priority lane (:mod:`embedserve.core.priority`) has its own queue; a batch holds one lane's inputs, the lane
+  chosen by :class:`~embedserve.core.priority.LaneChooser` (higher first, a waiting lane passed over at most
+  :data:`~embedserve.core.priority.MAX_PASSES` batches in a row).
 * An input whose job's deadline passed while it waited is never computed: the packer drops it and fails its job
   with :class:`~embedserve.errors.DeadlineExceededError`.
 """
@@ -22,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 from typing import Any
 
+from embedserve.core.priority import LANES, LaneChooser, Priority
 from embedserve.errors import DeadlineExceededError, UnhealthyError
 
 MIN_PACK_WINDOW = 32
@@ -44,6 +48,7 @@ class Job:
         "deadline",
         "future",
         "inference_seconds",
+        "priority",
         "remaining",
         "request_id",
         "rows",
@@ -53,9 +58,12 @@ class Job:
     )
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, size: int, request_id: str = "", deadline: float | None = None
-    ) -> None:
+        self, loop: asyncio.AbstractEventLoop, size: int, request_id: str = "", deadline: float | None = None,
+        priority: Priority = Priority.NORMAL,
+    ) -> None:  # fmt: skip
         self.future: asyncio.Future[None] = loop.create_future()
+        self.priority = priority
+        """The lane its inputs queue in."""
         self.deadline = deadline
         """``time.perf_counter()`` after which the client no longer wants the result (None: no deadline)."""
         self.rows: list[Any] = [None] * size
@@ -231,19 +239,29 @@ class BatchQueue:
         self._max_requests = max_batch_requests
         self._overhead_tokens = overhead_tokens
         self._cond = threading.Condition()
-        self._pending: list[Entry] = []
+        self._lanes: dict[Priority, list[Entry]] = {lane: [] for lane in LANES}
+        self._lane_tokens = dict.fromkeys(LANES, 0)
+        self._chooser = LaneChooser()
         self._closed = False
-        self._queued_tokens = 0
         self._running_tokens = 0
         self._window = MIN_PACK_WINDOW
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return sum(map(len, self._lanes.values()))
+
+    def queued(self, lane: Priority) -> int:
+        """Inputs waiting in one lane."""
+        return len(self._lanes[lane])
 
     @property
     def tokens_ahead(self) -> int:
-        """Real tokens queued plus those of the batch being computed: the work a new request waits behind."""
-        return self._queued_tokens + self._running_tokens
+        """Real tokens queued (every lane) plus those of the batch being computed."""
+        return sum(self._lane_tokens.values()) + self._running_tokens
+
+    def tokens_ahead_of(self, lane: Priority) -> int:
+        """The work a new request of ``lane`` waits behind: tokens queued in it and higher lanes, plus the running
+        batch (lower lanes get at most one batch in :data:`~embedserve.core.priority.MAX_PASSES` + 1 meanwhile)."""
+        return sum(self._lane_tokens[higher] for higher in lane.at_or_above()) + self._running_tokens
 
     def put(
         self, job: Job, token_ids: list[list[int]], type_ids: list[list[int]] | None = None,
@@ -265,8 +283,8 @@ class BatchQueue:
         with self._cond:
             if self._closed:
                 raise UnhealthyError("the model is shutting down")
-            self._pending.extend(entries)
-            self._queued_tokens += sum(entry.cost for entry in entries)
+            self._lanes[job.priority].extend(entries)
+            self._lane_tokens[job.priority] += sum(entry.cost for entry in entries)
             self._cond.notify()
 
     def discard(self, job: Job) -> None:
@@ -275,13 +293,16 @@ class BatchQueue:
             self._keep(lambda entry: entry.job is not job)
 
     def _keep(self, wanted: Callable[[Entry], bool]) -> list[Entry]:
-        """Keep the pending entries ``wanted`` accepts; returns the others. Under the lock."""
-        kept: list[Entry] = []
+        """Keep the pending entries ``wanted`` accepts, in every lane; returns the others. Under the lock."""
         dropped: list[Entry] = []
-        for entry in self._pending:
-            (kept if wanted(entry) else dropped).append(entry)
-        self._pending = kept
-        self._queued_tokens -= sum(entry.cost for entry in dropped)
+        for lane, pending in self._lanes.items():
+            kept: list[Entry] = []
+            gone: list[Entry] = []
+            for entry in pending:
+                (kept if wanted(entry) else gone).append(entry)
+            self._lanes[lane] = kept
+            self._lane_tokens[lane] -= sum(entry.cost for entry in gone)
+            dropped.extend(gone)
         return dropped
 
     def done(self, batch: Batch) -> None:
@@ -293,18 +314,20 @@ class BatchQueue:
         """The next packed batch. Backend side. Returns None when closed (or, with ``block=False``, when empty)."""
         with self._cond:
             while True:
-                if self._pending and self._pending[0].job.cancelled:
+                if any(pending and pending[0].job.cancelled for pending in self._lanes.values()):
                     self._keep(lambda entry: not entry.job.cancelled)
                     continue
-                if self._pending:
+                if len(self):
                     self._drop_expired()
-                if self._pending:
+                if len(self):
                     break
                 if self._closed or not block:
                     return None
                 self._cond.wait()
+            lane = self._chooser.choose([lane for lane, pending in self._lanes.items() if pending])
+            pending = self._lanes[lane]
             size = self._window
-            window = self._pending[:size]
+            window = pending[:size]
             # Texts and images run through different towers: a batch holds the oldest input's modality only.
             image = window[0].pixels is not None
             alike = [i for i, entry in enumerate(window) if (entry.pixels is not None) is image]
@@ -312,10 +335,10 @@ class BatchQueue:
             chosen = [alike[k] for k in pack(lengths, self._max_tokens, self._max_requests, self._overhead_tokens)]
             picked = set(chosen)
             entries = [window[i] for i in chosen]
-            self._pending = [entry for i, entry in enumerate(window) if i not in picked] + self._pending[size:]
+            self._lanes[lane] = [entry for i, entry in enumerate(window) if i not in picked] + pending[size:]
             self._window = max(MIN_PACK_WINDOW, min(MAX_PACK_WINDOW, 4 * len(chosen)))
             taken = sum(window[i].cost for i in chosen)
-            self._queued_tokens -= taken
+            self._lane_tokens[lane] -= taken
             self._running_tokens += taken
         return Batch(entries, self._loop)
 
@@ -331,8 +354,9 @@ class BatchQueue:
         """Stop handing out batches; returns what was still queued so the caller can fail it."""
         with self._cond:
             self._closed = True
-            left, self._pending = self._pending, []
-            self._queued_tokens = 0
+            left = [entry for lane in LANES for entry in self._lanes[lane]]
+            self._lanes = {lane: [] for lane in LANES}
+            self._lane_tokens = dict.fromkeys(LANES, 0)
             self._cond.notify_all()
         return left
 

@@ -1,0 +1,148 @@
+"""Priority lanes in the core: the lane each batch comes from (higher first, no lane starved past the bound), the
+queue's per-lane work ahead, and admission's per-lane limits."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from embedserve.core.admission import Admission, Throughput
+from embedserve.core.batching import BatchQueue, Job
+from embedserve.core.priority import LANES, MAX_PASSES, STARVATION_BOUND, LaneChooser, LaneLimits, Priority
+from embedserve.errors import OverloadedError
+
+pytestmark = pytest.mark.unit
+
+HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
+
+
+def test_a_flood_of_every_lane_is_served_high_high_normal_low_over_and_over():
+    chooser = LaneChooser()
+    served = [chooser.choose(LANES) for _ in range(13)]
+    assert served[:5] == [HIGH, HIGH, HIGH, NORMAL, LOW]
+    assert served[5:] == [HIGH, HIGH, NORMAL, LOW] * 2
+
+
+def test_a_waiting_low_lane_gets_one_batch_in_four_under_a_high_flood():
+    chooser = LaneChooser()
+    served = [chooser.choose((HIGH, LOW)) for _ in range(12)]
+    assert served == [HIGH, HIGH, HIGH, LOW] * 3
+
+
+def test_with_nothing_else_waiting_a_lower_lane_runs_at_once():
+    chooser = LaneChooser()
+    assert chooser.choose((LOW,)) is LOW
+    assert chooser.choose((NORMAL, LOW)) is NORMAL
+
+
+def test_no_waiting_lane_is_passed_over_for_more_than_the_starvation_bound_whatever_arrives():
+    rng = random.Random(13)
+    chooser = LaneChooser()
+    waiting: set[Priority] = set()
+    passed = dict.fromkeys(LANES, 0)
+    worst = 0
+    for _ in range(20_000):
+        waiting |= {lane for lane in LANES if rng.random() < 0.6}
+        if not waiting:
+            continue
+        lane = chooser.choose(waiting)
+        for other in waiting - {lane}:
+            passed[other] += 1
+            worst = max(worst, passed[other])
+        passed[lane] = 0
+        if rng.random() < 0.5:  # the batch took the lane's last inputs
+            waiting.discard(lane)
+    assert STARVATION_BOUND == 4
+    assert worst == STARVATION_BOUND  # reached, never passed
+
+
+def _queue_scenario(scenario):  # type: ignore[no-untyped-def]
+    loop = asyncio.new_event_loop()
+    try:
+        queue = BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=2, overhead_tokens=0.0)
+        scenario(loop, queue)
+    finally:
+        loop.close()
+
+
+def test_inputs_queued_high_after_low_are_taken_first_and_a_batch_holds_one_lane():
+    def scenario(loop: asyncio.AbstractEventLoop, queue: BatchQueue) -> None:
+        low = Job(loop, 2, priority=LOW)
+        queue.put(low, [[1] * 5, [1] * 5])
+        high = Job(loop, 3, priority=HIGH)
+        queue.put(high, [[1] * 5, [1] * 5, [1] * 5])
+        order = []
+        while (batch := queue.take(block=False)) is not None:
+            order.append([(entry.job.priority, entry.index) for entry in batch.entries])
+        assert order == [[(HIGH, 0), (HIGH, 1)], [(HIGH, 2)], [(LOW, 0), (LOW, 1)]]
+
+    _queue_scenario(scenario)
+
+
+def test_a_queued_low_input_runs_within_the_bound_while_high_work_keeps_arriving():
+    def scenario(loop: asyncio.AbstractEventLoop, queue: BatchQueue) -> None:
+        low = Job(loop, 1, priority=LOW)
+        queue.put(low, [[1] * 5])
+        taken = []
+        while not taken or taken[-1] is not LOW:
+            queue.put(Job(loop, 2, priority=HIGH), [[1] * 5, [1] * 5])  # always a full batch of high work waiting
+            batch = queue.take(block=False)
+            assert batch is not None
+            taken.append(batch.entries[0].job.priority)
+            assert len(taken) <= STARVATION_BOUND + 1
+        assert taken == [HIGH] * MAX_PASSES + [LOW]
+
+    _queue_scenario(scenario)
+
+
+def test_the_work_ahead_of_a_lane_is_its_own_and_higher_lanes_queues_plus_the_running_batch():
+    def scenario(loop: asyncio.AbstractEventLoop, queue: BatchQueue) -> None:
+        queue.put(Job(loop, 1, priority=LOW), [[1] * 100])
+        queue.put(Job(loop, 1, priority=NORMAL), [[1] * 20])
+        queue.put(Job(loop, 1, priority=HIGH), [[1] * 3])
+        assert [queue.tokens_ahead_of(lane) for lane in LANES] == [3, 23, 123]
+        batch = queue.take(block=False)  # the high input, now running
+        assert batch is not None
+        assert [queue.tokens_ahead_of(lane) for lane in LANES] == [3, 23, 123]
+        queue.done(batch)
+        assert [queue.tokens_ahead_of(lane) for lane in LANES] == [0, 20, 120]
+        assert [queue.queued(lane) for lane in LANES] == [0, 1, 1]
+
+    _queue_scenario(scenario)
+
+
+def test_lane_limits_keep_the_reserve_for_high_and_give_low_its_share():
+    limits = LaneLimits(512, 1.0, reserve=0.1, low_share=0.5)
+    assert [limits.slots(lane) for lane in LANES] == [512, 461, 256]
+    assert [limits.wait(lane) for lane in LANES] == [1.0, 1.0, 0.5]
+    tiny = LaneLimits(1, 1.0, reserve=0.5, low_share=0.1)
+    assert [tiny.slots(lane) for lane in LANES] == [1, 1, 1]  # every lane can always run one input
+
+
+def test_low_is_refused_past_its_share_of_the_slots_while_high_still_gets_the_reserved_ones():
+    admission = Admission(10, max_queue_time=0.0, reserve=0.2, low_share=0.5)
+    admission.admit(5, 1.0, 0.0, deadline_in=None, name="m", priority=LOW)
+    with pytest.raises(OverloadedError, match="low priority may use 5"):
+        admission.admit(1, 1.0, 0.0, deadline_in=None, name="m", priority=LOW)
+    admission.admit(3, 1.0, 0.0, deadline_in=None, name="m", priority=NORMAL)
+    with pytest.raises(OverloadedError, match="normal priority may use 8"):
+        admission.admit(1, 1.0, 0.0, deadline_in=None, name="m", priority=NORMAL)
+    admission.admit(2, 1.0, 0.0, deadline_in=None, name="m", priority=HIGH)
+    with pytest.raises(OverloadedError, match="all 10 input slots are taken"):
+        admission.admit(1, 1.0, 0.0, deadline_in=None, name="m", priority=HIGH)
+
+
+def test_low_is_refused_at_its_share_of_the_queue_time_and_a_lane_ignores_lower_lanes_still_tokenizing():
+    admission = Admission(512, max_queue_time=1.0, throughput=Throughput(1_000.0), low_share=0.5)
+    admission.admit(1, 400.0, 0.0, deadline_in=None, name="m", priority=LOW)  # 0.4 s of low work being tokenized
+    with pytest.raises(OverloadedError, match=r"0\.60 s is over the 0\.5 s limit \(low priority's share"):
+        admission.admit(1, 1.0, 200.0, deadline_in=None, name="m", priority=LOW)
+    admission.admit(1, 100.0, 900.0, deadline_in=None, name="m", priority=NORMAL)  # 0.9 s; low's 0.4 s not ahead
+    with pytest.raises(OverloadedError, match=r"1\.05 s is over the 1 s limit \(--max-queue-time\)"):
+        admission.admit(1, 1.0, 950.0, deadline_in=None, name="m", priority=NORMAL)  # + 0.1 s of normal tokenizing
+    admission.admit(1, 1.0, 950.0, deadline_in=None, name="m", priority=HIGH)  # normal's tokenizing is behind it
+    admission.shed(990.0, "m", HIGH)
+    with pytest.raises(OverloadedError):
+        admission.shed(990.0, "m", NORMAL)
