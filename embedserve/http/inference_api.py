@@ -18,7 +18,6 @@ from embedserve.http.schemas import (
     PROMPT,
     TEXT,
     TRUNCATE,
-    PredictRequest,
     _direction,
     _json_type,
     _optional_bool,
@@ -27,8 +26,8 @@ from embedserve.http.schemas import (
     _required_str,
     _short,
     _texts,
-    parse_predict,
 )
+from embedserve.http.scoring_schemas import PredictRequest, parse_predict
 
 Activation = Literal["sigmoid", "softmax", "none"]
 
@@ -162,5 +161,5 @@ parse_classification = Body(
     parse_predict.description,
     parse_predict.examples,
 )  # fmt: skip
-"""``/predict``'s body (TEI's fields, read by :data:`~embedserve.http.schemas.parse_predict`'s fields) and the
+"""``/predict``'s body (TEI's fields, read by :data:`~embedserve.http.scoring_schemas.parse_predict`'s fields) and the
 Inference API's ``parameters``; the request and its options, None without ``parameters``."""

@@ -16,7 +16,8 @@ from embedserve.http.inference_api import is_similarity, parse_classification, p
 from embedserve.http.routes.common import read_body
 from embedserve.http.routes.scoring import answer_predict, answer_rerank
 from embedserve.http.routes.tei import answer_embed, answer_similarity, answer_sparse
-from embedserve.http.schemas import parse_sparse, parse_tei_embed, parse_tei_rerank
+from embedserve.http.schemas import parse_sparse, parse_tei_embed
+from embedserve.http.scoring_schemas import parse_tei_rerank
 
 
 @endpoint(

@@ -17,7 +17,7 @@ from embedserve.http.deadline import deadline
 from embedserve.http.edge import endpoint
 from embedserve.http.inference_api import parse_classification
 from embedserve.http.routes.common import compute, read_body, resolve
-from embedserve.http.schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
+from embedserve.http.scoring_schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
 from embedserve.http.web import json_response, request_id
 
 
