@@ -18,7 +18,7 @@ from tests.conftest import model_settings, run_server
 pytestmark = pytest.mark.integration
 
 KEY = "conformance-key"
-FUZZ_SECONDS = 45
+FUZZ_SECONDS = 40
 """schemathesis's whole budget (it fuzzes until spent); with start-up the test takes about a minute on 2 cores."""
 
 
