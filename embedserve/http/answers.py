@@ -43,7 +43,11 @@ def _list(items: dict[str, Any]) -> dict[str, Any]:
 USAGE = _object({"prompt_tokens": _INT, "total_tokens": _INT})
 VECTOR = _list(_NUMBER)
 
-EMBEDDINGS = Answer(_list(VECTOR), "One vector per input, in input order.")
+EMBEDDINGS = Answer(
+    {"anyOf": [_list(VECTOR), _list(_STRING)]},
+    "One vector per input, in input order: lists of numbers (integers for the quantized output_dtype values), or "
+    "base64 strings of the elements' bytes.",
+)
 SPARSE = Answer(
     _list(_list(_object({"index": _INT, "value": _NUMBER, "token": _STRING}, optional=("token",)))),
     "One sparse vector per input: its non-zero terms (``token`` with ``return_tokens``).",
@@ -118,7 +122,8 @@ OPENAI_EMBEDDINGS = Answer(
         "model": _STRING,
         "usage": USAGE,
     }),
-    "One embedding per input, in input order: a list of floats, or base64 little-endian float32.",
+    "One embedding per input, in input order: a list of numbers (integers for the quantized output_dtype values), "
+    "or base64 of the elements' little-endian bytes (float32 unless output_dtype says otherwise).",
 )  # fmt: skip
 MODEL = _object({
     "id": _STRING, "object": {"const": "model"}, "created": _INT, "owned_by": _STRING, "kind": _OPTIONAL_STRING,

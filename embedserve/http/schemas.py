@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeGuard
+from typing import Any, TypeGuard
 
 import orjson
 
 from embedserve.core.capabilities import Capability
 from embedserve.core.tokenization import Direction
 from embedserve.errors import EmptyInputError, InvalidJSONError, ValidationError
+from embedserve.http.encodings import ENCODING_FORMAT, OUTPUT_DTYPE, EncodingFormat, OutputDtype
 from embedserve.http.fields import Body, Field, Served, fixed, nullable
 from embedserve.http.image_inputs import embed_inputs_field
 from embedserve.media.sources import ImageRef
 
-EncodingFormat = Literal["float", "base64"]
 TOKEN_IDS_MESSAGE = (
     "`{name}` holds token ids; embedserve accepts text only: send the strings instead. LangChain's OpenAIEmbeddings "
     "sends tiktoken ids unless built with check_embedding_ctx_length=False"
@@ -42,6 +42,8 @@ class EmbedRequest:
     dimensions: int | None = None
     model: str | None = None
     encoding_format: EncodingFormat = "float"
+    output_dtype: OutputDtype = "float"
+    """How the vectors are sent (see :mod:`embedserve.http.encodings`)."""
     input_param: str = "inputs"
     """The name of the inputs field on the route it came from, for error messages."""
 
@@ -57,15 +59,6 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError(f"request body must be a JSON object, got {_json_type(value)}")
     return value
-
-
-def _encoding_format(body: dict[str, Any]) -> EncodingFormat:
-    raw = body.get("encoding_format")
-    if raw is None or raw == "float":
-        return "float"
-    if raw == "base64":
-        return "base64"
-    raise ValidationError(f"`encoding_format` must be 'float' or 'base64', got {_short(raw)}", param="encoding_format")
 
 
 def _texts(body: dict[str, Any], name: str) -> list[str]:
@@ -313,9 +306,9 @@ parse_tei_embed = Body(
     "EmbedRequest",
     EmbedRequest,
     (embed_inputs_field("inputs", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
-     MODEL),
+     MODEL, ENCODING_FORMAT, OUTPUT_DTYPE),
     Capability.EMBED,
-    "Dense embeddings (TEI's /embed).",
+    "Dense embeddings (TEI's /embed), with encoding_format and output_dtype as on /v1/embeddings.",
     ({"inputs": ["What is Deep Learning?", "Deep Learning is not..."]},),
 )  # fmt: skip
 parse_openai_embeddings = Body(
@@ -323,12 +316,12 @@ parse_openai_embeddings = Body(
     partial(EmbedRequest, input_param="input"),
     (Field("user", lambda body: _optional_str(body, "user"), fixed(nullable({"type": "string"})),
            "Accepted and ignored.", attr=None),
-     Field("encoding_format", _encoding_format, fixed(nullable({"type": "string", "enum": ["float", "base64"]})),
-           "'float' lists or 'base64' little-endian float32; 'float' when absent."),
+     ENCODING_FORMAT, OUTPUT_DTYPE,
      embed_inputs_field("input", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
      MODEL),
     Capability.EMBED,
-    "OpenAI's embeddings request, with TEI's truncate, truncation_direction, prompt_name and normalize.",
+    "OpenAI's embeddings request, with TEI's truncate, truncation_direction, prompt_name and normalize, and "
+    "output_dtype (int8, uint8, binary, ubinary, float16).",
     ({"input": ["What is Deep Learning?"]},),
 )  # fmt: skip
 parse_sparse = Body(

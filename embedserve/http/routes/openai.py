@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 
-import numpy as np
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,6 +13,7 @@ from starlette.routing import Route
 from embedserve.core.runtime import ModelRuntime
 from embedserve.http import answers
 from embedserve.http.edge import context, endpoint
+from embedserve.http.encodings import render
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_openai_embeddings
 from embedserve.http.web import json_response
@@ -34,15 +33,15 @@ register_url_convertor("model_name", ModelNameConvertor())
 
 @endpoint("/v1/embeddings", body=parse_openai_embeddings, answer=answers.OPENAI_EMBEDDINGS)
 async def embeddings(request: Request) -> Response:
-    """``{"object": "list", "data": [...], "model": ..., "usage": ...}`` with float lists or base64 float32."""
+    """``{"object": "list", "data": [...], "model": ..., "usage": ...}``: each vector a JSON list or base64 bytes,
+    of float32 unless ``output_dtype`` asks for float16 or a quantized form."""
     parsed = parse_openai_embeddings(await read_body(request))
     runtime = resolve(request, parsed.model)
     work = embed_work(request, runtime, parsed)
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
-    vectors = result.vectors
+    vectors = render(result.vectors, parsed.output_dtype, parsed.encoding_format)
     data: list[dict[str, Any]] = [
-        {"object": "embedding", "embedding": _encode(row, parsed.encoding_format), "index": i}
-        for i, row in enumerate(vectors)
+        {"object": "embedding", "embedding": row, "index": i} for i, row in enumerate(vectors)
     ]
     body = {
         "object": "list",
@@ -51,13 +50,6 @@ async def embeddings(request: Request) -> Response:
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
     return json_response(body, headers=headers)
-
-
-def _encode(row: np.ndarray, encoding_format: str) -> np.ndarray | str:
-    if encoding_format == "base64":
-        # Little-endian float32 bytes, as the OpenAI API (and its SDK's default decoder) expects.
-        return base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")
-    return row
 
 
 @endpoint("/v1/models", answer=answers.OPENAI_MODELS)

@@ -20,6 +20,7 @@ from embedserve.errors import UnhealthyError
 from embedserve.http import answers
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, endpoint
+from embedserve.http.encodings import render
 from embedserve.http.inference_api import parse_similarity
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_sparse, parse_tei_embed
@@ -28,7 +29,8 @@ from embedserve.http.web import check_answer_size, json_response, request_id
 
 @endpoint("/embed", body=parse_tei_embed, answer=answers.EMBEDDINGS)
 async def embed(request: Request) -> Response:
-    """Dense embeddings: ``[[float, ...], ...]`` in input order."""
+    """Dense embeddings: ``[[float, ...], ...]`` in input order (or as ``output_dtype`` and ``encoding_format`` ask,
+    see :mod:`embedserve.http.encodings`)."""
     return await answer_embed(request, await read_body(request))
 
 
@@ -38,7 +40,7 @@ async def answer_embed(request: Request, body: dict[str, Any]) -> Response:
     runtime = resolve(request, parsed.model)
     work = embed_work(request, runtime, parsed)
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
-    return json_response(result.vectors, headers=headers)
+    return json_response(render(result.vectors, parsed.output_dtype, parsed.encoding_format), headers=headers)
 
 
 SPARSE_TERM_BYTES = 44
