@@ -53,8 +53,8 @@ def clip_server(clip_path: Path):
         yield running
 
 
-def png(width: int = 40, height: int = 30, seed: int = 0, fmt: str = "PNG") -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+def png(width: int = 40, height: int = 30, seed: int = 0, fmt: str = "PNG", channels: int = 3) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, channels), dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format=fmt)
     return out.getvalue()
@@ -72,7 +72,7 @@ def reference(path: Path, texts: list[str], images: list[bytes]) -> tuple[np.nda
     with torch.inference_mode():
         tokens = tokenizer(texts, padding=True, return_tensors="pt")
         text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+        decoded = [Image.open(io.BytesIO(b)) for b in images]  # as a user would: the processor converts them
         pixels = processor(images=decoded, return_tensors="pt")["pixel_values"]
         image = model.get_image_features(pixel_values=pixels)
     unit = [torch.nn.functional.normalize(t.pooler_output, dim=-1).numpy() for t in (text, image)]
@@ -87,20 +87,21 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_text_and_image_vectors_equal_a_direct_transformers_run(clip_server, clip_path):
     texts = ["a photo of a cat", "a diagram"]
-    images = [png(seed=1), png(64, 20, seed=2, fmt="JPEG"), png(seed=3, fmt="WEBP")]
+    # RGB PNG, JPEG, WebP, and a PNG with an alpha channel (composited onto white, as transformers does)
+    images = [png(seed=1), png(64, 20, seed=2, fmt="JPEG"), png(seed=3, fmt="WEBP"), png(seed=4, channels=4)]
     body = {"input": [texts[0], {"image": data_url(images[0])},
                       {"image": base64.b64encode(images[1]).decode(), "type": "image/jpeg"}, texts[1],
-                      {"image": data_url(images[2], "image/webp")}]}  # fmt: skip
+                      {"image": data_url(images[2], "image/webp")}, {"image": data_url(images[3])}]}  # fmt: skip
     with clip_server.client() as client:
         response = client.post("/v1/embeddings", json=body)
         assert response.status_code == 200, response.text
         got = np.array([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
         alone = client.post("/embed", json={"inputs": [{"image": data_url(images[0])}]}).json()
     text_ref, image_ref = reference(clip_path, texts, images)
-    assert got.shape == (5, 16)
+    assert got.shape == (6, 16)
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert cosines(got[[0, 3]], text_ref).min() >= 0.9999
-    assert cosines(got[[1, 2, 4]], image_ref).min() >= 0.9999
+    assert cosines(got[[1, 2, 4, 5]], image_ref).min() >= 0.9999
     assert cosines(np.array(alone, dtype=np.float32), image_ref[:1]).min() >= 0.9999
 
 
