@@ -21,7 +21,7 @@ from typing import Any
 from embedserve import __version__
 from embedserve.config import load_models
 from embedserve.options import SettingsError, env_names, flag_name, unwrap_optional
-from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings
+from embedserve.settings import CacheSettings, EdgeSettings, ModelSettings, ServerSettings, Settings
 
 log = logging.getLogger("embedserve.cli")
 
@@ -29,6 +29,7 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("model", ModelSettings),
     ("server", ServerSettings),
     ("edge", EdgeSettings),
+    ("cache", CacheSettings),
 )
 REPEATABLE = {"model_id", "served_model_name"}
 """Model flags that may be given once per model."""
@@ -155,6 +156,7 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
     return Settings(
         server=ServerSettings(**values[ServerSettings]),
         edge=EdgeSettings(**values[EdgeSettings]),
+        cache=CacheSettings(**values[CacheSettings]),
         models=_models(values[ModelSettings], from_flags="model_id" in args, config=config),
     )
 

@@ -7,6 +7,7 @@ read the runtimes when scraped.
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Iterable
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from embedserve import __version__
 from embedserve.core.batching import Batch
+from embedserve.core.embedding_cache import Source
 from embedserve.core.runtime import ModelRuntime, Timings
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -94,6 +96,24 @@ class Metrics:
             "embedserve_throughput_tokens_per_second",
             "Measured real tokens per second of forward-pass time, as admission predicts with.", ["model"], registry=r,
         )  # fmt: skip
+        self.cache_hit_inputs = Counter(
+            "embedserve_cache_hits", "Inputs answered without computing them, by where the vector came from: local "
+            "(in-process cache), shared (--cache-url), flight (an identical input being computed at the time).",
+            ["model", "source"], registry=r,
+        )  # fmt: skip
+        self.cache_miss_inputs = Counter(
+            "embedserve_cache_misses", "Inputs no cache held, computed by the model.", ["model"], registry=r
+        )
+        self.cache_evicted = Counter(
+            "embedserve_cache_evictions", "Entries dropped from the in-process cache to make room.", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "embedserve_cache_bytes", "Bytes the in-process cache holds (vectors and bookkeeping).", registry=r
+        )
+        self.shared_cache_failures = Counter(
+            "embedserve_shared_cache_errors", "Shared-cache (--cache-url) calls that failed or timed out, by "
+            "operation (read, write, decode); the inputs were computed instead.", ["operation"], registry=r,
+        )  # fmt: skip
         self.load_seconds = Gauge(
             "embedserve_model_load_seconds", "Time to load and warm up the model.", ["model"], registry=r
         )
@@ -122,6 +142,9 @@ class Metrics:
             self.throughput.labels(runtime.name).set_function(speed)
             self.queue_size.labels(runtime.name).set_function(queued)
             self.inflight.labels(runtime.name).set_function(inflight)
+            if runtime.cache is not None:  # one cache for every model: hooked up again, to the same collectors
+                runtime.cache.observer = self
+                self.cache_bytes.set_function(functools.partial(getattr, runtime.cache, "held_bytes"))
 
     def observe_request(
         self, route: str, model: str, status: int, started: float, ended: float, timings: Timings | None
@@ -146,6 +169,22 @@ class Metrics:
         self.padding_tokens.labels(model).inc(padded - real)
         self.embedded_inputs.labels(model).inc(len(batch.entries))
         self.embedded_tokens.labels(model).inc(real)
+
+    def cache_hits(self, model: str, source: Source, n: int) -> None:
+        """``n`` inputs answered from a cache or a flight (the embedding cache's observer)."""
+        self.cache_hit_inputs.labels(model, source.value).inc(n)
+
+    def cache_misses(self, model: str, n: int) -> None:
+        """``n`` inputs computed after every cache missed."""
+        self.cache_miss_inputs.labels(model).inc(n)
+
+    def cache_evictions(self, n: int) -> None:
+        """``n`` entries evicted from the in-process cache."""
+        self.cache_evicted.inc(n)
+
+    def shared_cache_error(self, operation: str) -> None:
+        """A failed or timed-out shared-cache call."""
+        self.shared_cache_failures.labels(operation).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

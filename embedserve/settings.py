@@ -302,17 +302,80 @@ class EdgeSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    """The embedding cache: vectors already computed are answered without the model (see the README's Cache)."""
+
+    cache_bytes: int = field(
+        default=64 * 2**20,
+        metadata=opt(
+            "Memory the in-process embedding cache may hold, in bytes, vectors and bookkeeping counted (an entry "
+            "of a 384-dimension model takes about 1.9 KB, so the default 64 MiB holds about 35,000). Least recently "
+            "used entries go first. A miss costs a few microseconds per input (measured: see the README), so it "
+            "is on by default; 0 turns the in-process cache off.",
+            tei_env=False,
+        ),
+    )
+    cache_ttl: float | None = field(
+        default=None,
+        metadata=opt(
+            "Seconds an entry stays usable, locally and in --cache-url. Unset: until evicted (a model's vectors do "
+            "not change while its files, engine and precision are the same, and those are part of the key).",
+            tei_env=False,
+        ),
+    )
+    cache_url: str | None = field(
+        default=None,
+        repr=False,  # may carry a password (redis://:secret@host)
+        metadata=opt(
+            "redis:// (or rediss://) URL of a Redis shared by a fleet of workers, looked up after the in-process "
+            "cache misses and written after each computation. Redis down or slow never fails a request: past "
+            "--cache-timeout the inputs are computed, the error is counted and logged at most every 10 s. Unset: "
+            "no shared cache.",
+            metavar="URL",
+            tei_env=False,
+        ),
+    )
+    cache_timeout: float = field(
+        default=0.05,
+        metadata=opt(
+            "Seconds one lookup or write in --cache-url may take before it counts as an error and the inputs are "
+            "computed instead. After an error the shared cache is skipped for a second, so a Redis that is down "
+            "costs at most this once a second. A same-zone Redis answers in about a millisecond.",
+            tei_env=False,
+        ),
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """True when either cache is configured."""
+        return self.cache_bytes > 0 or self.cache_url is not None
+
+    def check(self) -> None:
+        """Reject values that cannot work, naming the flag to change."""
+        if self.cache_bytes < 0:
+            raise SettingsError(f"--cache-bytes must be 0 (off) or positive, got {self.cache_bytes}")
+        if self.cache_ttl is not None and not self.cache_ttl > 0:
+            raise SettingsError(f"--cache-ttl must be a positive number of seconds, got {self.cache_ttl}")
+        if not self.cache_timeout > 0:
+            raise SettingsError(f"--cache-timeout must be a positive number of seconds, got {self.cache_timeout}")
+        if self.cache_url is not None and not self.cache_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("--cache-url must be a redis://, rediss:// or unix:// URL")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """The whole configuration: the server, its edge and the models it serves."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     models: tuple[ModelSettings, ...] = field(default_factory=lambda: (ModelSettings(),))
 
     def check(self) -> None:
         """Check every part and the parts against each other."""
         self.server.check()
         self.edge.check()
+        self.cache.check()
         if self.edge.prometheus_port == self.server.port:
             raise SettingsError("--prometheus-port must differ from --port")
         if not self.models:

@@ -25,7 +25,7 @@ from embedserve.core.registry import Registry, default_loader
 from embedserve.core.runtime import Loader, ModelRuntime
 from embedserve.http.app import create_app
 from embedserve.http.server import uvicorn_config
-from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings
+from embedserve.settings import CacheSettings, EdgeSettings, ModelSettings, ServerSettings, Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails fast instead of hanging
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -120,12 +120,22 @@ def serve_app(app: Starlette) -> Iterator[str]:
 
 @contextlib.contextmanager
 def run_server(
-    *models: ModelSettings, loader: Loader = default_loader, edge: EdgeSettings | None = None, **server: object
+    *models: ModelSettings,
+    loader: Loader = default_loader,
+    edge: EdgeSettings | None = None,
+    cache: CacheSettings | None = None,
+    **server: object,
 ) -> Iterator[RunningServer]:
     """Start create_app(...) on a free port; yield once every model is ready; stop on exit. Rate limiting is off
-    unless ``edge`` turns it on: tests send far more than 80 requests per second from one address."""
+    unless ``edge`` turns it on: tests send far more than 80 requests per second from one address. ``cache``
+    defaults to the server's own default."""
     edge = edge or EdgeSettings(rate_limit_rps=0)
-    settings = Settings(server=ServerSettings(**server), edge=edge, models=tuple(models))  # type: ignore[arg-type]
+    settings = Settings(
+        server=ServerSettings(**server),  # type: ignore[arg-type]
+        edge=edge,
+        cache=cache or CacheSettings(),
+        models=tuple(models),
+    )
     app = create_app(settings, loader=loader)
     registry: Registry = app.state.ctx.registry
     with serve_app(app) as url:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embedserve.settings import CacheSettings
 from tests.conftest import model_settings, run_server
 
 torch = pytest.importorskip("torch")
@@ -18,7 +19,8 @@ TEXTS = ["A man is eating food.", "hi", "The quick brown fox jumps over the lazy
 
 
 def test_float16_on_cuda_matches_the_float32_reference(minilm_path, reference_model):
-    with run_server(model_settings(minilm_path, device="cuda")) as server, server.client() as client:
+    off = CacheSettings(cache_bytes=0)  # each text alone must be computed again, not answered from the cache
+    with run_server(model_settings(minilm_path, device="cuda"), cache=off) as server, server.client() as client:
         info = client.get("/info").json()
         batched = np.array(client.post("/embed", json={"inputs": TEXTS}).json())
         alone = np.array([client.post("/embed", json={"inputs": t}).json()[0] for t in TEXTS])

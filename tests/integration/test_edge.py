@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embedserve.http.keys import key_id
 from embedserve.logs import JsonFormatter
-from embedserve.settings import EdgeSettings
+from embedserve.settings import CacheSettings, EdgeSettings
 from tests.conftest import model_settings, run_server
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,9 @@ def value(found: dict, name: str, **labels: str) -> float:
 def test_metrics_add_up_to_the_traffic_sent(minilm_path, reference_model):
     edge = EdgeSettings(rate_limit_rps=0)
     texts = [["hello"], ["a b c", "d e f g"], ["the quick brown fox"] * 3, ["x"]]
-    with run_server(model_settings(minilm_path, max_client_batch_size=4), edge=edge) as server, server.client() as c:
+    off = CacheSettings(cache_bytes=0)  # every input computed, repeats too (the cache's metrics: test_cache.py)
+    settings = model_settings(minilm_path, max_client_batch_size=4)
+    with run_server(settings, edge=edge, cache=off) as server, server.client() as c:
         tokens = 0
         for batch in texts:
             response = c.post("/v1/embeddings", json={"input": batch, "model": "minilm"})

@@ -134,9 +134,9 @@ def test_the_fleet_routes_by_model_and_speaks_for_every_model(fleet):
 def test_a_workers_429_reaches_the_client_with_its_retry_after(fleet):
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=fleet.gateway, headers=AUTH, timeout=60) as client:
-            return await asyncio.gather(
-                *(client.post("/embed", json={"inputs": "a longer sentence " * 20, "model": "b"}) for _ in range(24))
-            )
+            # Distinct inputs: identical ones would be computed once (the cache's single flight), taking no slot.
+            texts = [f"burst {i}: " + "a longer sentence " * 20 for i in range(24)]
+            return await asyncio.gather(*(client.post("/embed", json={"inputs": t, "model": "b"}) for t in texts))
 
     answers = asyncio.run(burst())
     refused = [r for r in answers if r.status_code == 429]

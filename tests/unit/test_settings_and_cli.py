@@ -10,7 +10,7 @@ import pytest
 
 from embedserve.cli import build_parser, parse_settings
 from embedserve.options import field_docs
-from embedserve.settings import EdgeSettings, ModelSettings, ServerSettings, Settings, SettingsError
+from embedserve.settings import CacheSettings, EdgeSettings, ModelSettings, ServerSettings, Settings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -95,7 +95,7 @@ def test_two_models_with_one_served_name_are_refused():
 
 def test_every_settings_field_has_a_flag_with_help_and_env_names():
     help_text = build_parser().format_help()
-    for cls in (ModelSettings, ServerSettings):
+    for cls in (ModelSettings, ServerSettings, CacheSettings):
         for f in fields(cls):
             if not f.metadata.get("cli", True):
                 continue  # set in a --config file only
@@ -107,7 +107,30 @@ def test_every_settings_field_has_a_flag_with_help_and_env_names():
 
 def test_the_readme_documents_every_flag_and_its_environment_variable():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    for cls in (ModelSettings, ServerSettings, EdgeSettings):
+    for cls in (ModelSettings, ServerSettings, EdgeSettings, CacheSettings):
         for flag, _, envs, _ in field_docs(cls):
             assert f"`{flag}`" in readme, flag
             assert f"`{envs[0]}`" in readme, envs[0]
+
+
+def test_cache_flags_and_environment_reach_the_cache_settings():
+    settings = parse_settings(
+        ["--cache-bytes", "1048576", "--cache-url", "redis://cache:6379/0"], {"EMBEDSERVE_CACHE_TTL": "60"}
+    )
+    assert settings.cache == CacheSettings(cache_bytes=2**20, cache_url="redis://cache:6379/0", cache_ttl=60.0)
+    assert "redis://" not in repr(settings.cache)  # the URL may carry a password
+    assert parse_settings([], {"CACHE_BYTES": "0"}).cache.cache_bytes == CacheSettings().cache_bytes  # no bare env
+
+
+@pytest.mark.parametrize(
+    ("cache", "flag"),
+    [
+        (CacheSettings(cache_bytes=-1), "--cache-bytes"),
+        (CacheSettings(cache_ttl=0), "--cache-ttl"),
+        (CacheSettings(cache_timeout=0), "--cache-timeout"),
+        (CacheSettings(cache_url="http://cache:6379"), "--cache-url"),
+    ],
+)
+def test_bad_cache_settings_are_refused_naming_the_flag(cache, flag):
+    with pytest.raises(SettingsError, match=flag):
+        Settings(cache=cache).check()
