@@ -238,3 +238,26 @@ def test_workers_sharing_redis_answer_from_it_and_a_dead_redis_changes_nothing_b
             assert fresh.shape == (1, 384)
             assert metric(two, "embedserve_shared_cache_errors_total", operation="read") >= 1
             assert metric(one, "embedserve_shared_cache_errors_total", operation="read") >= 1
+
+
+def test_cached_inputs_take_no_admission_slot(minilm_path):
+    loader, built = wrapping(Gated)
+    settings = model_settings(minilm_path, max_concurrent_requests=1, max_client_batch_size=1)
+
+    async def scenario(server: RunningServer, gated: Gated) -> None:
+        async with server.async_client() as client:
+            warm = await client.post("/embed", json={"inputs": ["asked before"]})
+            assert warm.status_code == 200
+            gated.gate.clear()
+            holder = asyncio.create_task(client.post("/embed", json={"inputs": ["holds the only slot"]}))
+            await asyncio.to_thread(gated.waiting.acquire)  # the only slot is taken, its forward pass held
+            cached = await client.post("/embed", json={"inputs": ["asked before"]})
+            refused = await client.post("/embed", json={"inputs": ["new while full"]})
+            gated.gate.set()
+            assert (await holder).status_code == 200
+        assert (cached.status_code, cached.headers["x-cache-hits"]) == (200, "1")
+        assert cached.json() == warm.json()
+        assert refused.status_code == 429
+
+    with run_server(settings, loader=loader, cache=CACHE) as server:
+        asyncio.run(scenario(server, built[0]))
