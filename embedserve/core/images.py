@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from embedserve.core.capabilities import Capability
+from embedserve.core.priority import Priority
 from embedserve.core.runtime import ModelRuntime, RunResult
 from embedserve.core.tasks import EmbedResult, _postprocess
 from embedserve.core.tokenization import Direction, Encoded, TokenizerPool
@@ -43,6 +44,7 @@ async def embed_with_images(
     param: str = "inputs",
     request_id: str = "",
     deadline: float | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> EmbedResult:
     """One vector per input, in input order; a prompt applies to the texts only."""
     _, info = runtime.require(Capability.EMBED_IMAGE)
@@ -80,7 +82,9 @@ async def embed_with_images(
     characters = [0] * len(inputs)
     for i, text in zip(text_at, texts, strict=True):
         characters[i] = len(text)
-    run: RunResult[np.ndarray] = await runtime.run(characters, encode, request_id, deadline, images=len(images))
+    run: RunResult[np.ndarray] = await runtime.run(
+        characters, encode, request_id, deadline, images=len(images), priority=priority
+    )
     vectors = _postprocess(np.stack(run.rows), dimensions, normalize)
     return EmbedResult(vectors, run.tokens, run.timings, run.batch_links)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from embedserve import engines
 from embedserve.core.batching import Batch
-from embedserve.core.embedding_cache import EmbeddingCache
+from embedserve.core.priority import Priority
 from embedserve.core.runtime import Loader, ModelRuntime, State
 from embedserve.engines.base import InferenceModel, ModelInfo
 from embedserve.errors import ModelLoadError, ModelNotFoundError, OverloadedError
@@ -27,10 +27,8 @@ class Registry:
     """Every model this process serves, in configuration order; the first is the default."""
 
     def __init__(self, settings: Settings, loader: Loader = default_loader) -> None:
-        self.cache = EmbeddingCache.from_settings(settings.cache)
-        """One embedding cache for every model (the model is part of each key); None when off."""
         self.runtimes: dict[str, ModelRuntime] = {
-            spec.served_name: ModelRuntime(spec, loader, self.cache) for spec in settings.models
+            spec.served_name: ModelRuntime(spec, loader) for spec in settings.models
         }
         self.default = next(iter(self.runtimes.values()))
         self.partial = False
@@ -45,14 +43,14 @@ class Registry:
             raise ModelNotFoundError(f"model {name!r} is not served here; served models: {served}", param="model")
         return runtime
 
-    def shed(self) -> None:
-        """429 at once when every model is over its predicted-wait limit, before a request is read: whichever model
-        it names, it would be refused. With one model that is exact; with several, a request for a model with room
-        is read and routed as usual."""
+    def shed(self, priority: Priority = Priority.NORMAL) -> None:
+        """429 at once when every model is over its predicted-wait limit for a ``priority`` request, before the
+        request is read: whichever model it names, it would be refused. With one model that is exact; with several, a
+        request for a model with room is read and routed as usual."""
         first: Exception | None = None
         for runtime in self.runtimes.values():
             try:
-                runtime.shed()
+                runtime.shed(priority)
             except OverloadedError as exc:
                 first = first or exc
                 continue
@@ -104,7 +102,5 @@ class Registry:
         return "ready" if self.healthy else "unhealthy"
 
     async def drain(self, grace_seconds: float) -> None:
-        """Drain every model in parallel within one grace period, then close the shared cache's connections."""
+        """Drain every model in parallel within one grace period."""
         await asyncio.gather(*(runtime.drain(grace_seconds) for runtime in self.runtimes.values()))
-        if self.cache is not None:
-            await self.cache.close()

@@ -22,9 +22,8 @@ from embedserve import logs
 from embedserve.core.admission import Admission, Throughput
 from embedserve.core.backend import BackendThread
 from embedserve.core.batching import Batch, BatchQueue, Job
-from embedserve.core.cache import model_scope
 from embedserve.core.capabilities import KIND_CAPABILITIES, Capability
-from embedserve.core.embedding_cache import EmbeddingCache
+from embedserve.core.priority import Priority
 from embedserve.core.tokenization import Encoded, TokenizerPool
 from embedserve.engines.base import ImageModel, InferenceModel, ModelInfo
 from embedserve.errors import (
@@ -103,17 +102,16 @@ request to be tokenized inline (see :data:`~embedserve.core.tokenization.INLINE_
 class ModelRuntime:
     """Everything that serves one model. Create it anywhere; :meth:`start` it on the event loop."""
 
-    def __init__(self, spec: ModelSettings, loader: Loader, cache: EmbeddingCache | None = None) -> None:
+    def __init__(self, spec: ModelSettings, loader: Loader) -> None:
         self.spec = spec
-        self.cache = cache
-        """The process's embedding cache (None when off); :mod:`embedserve.core.tasks` consults it for vectors."""
-        self.cache_scope = b""
-        """The part of this model's cache keys that names it and how it computes (set once loaded)."""
         self.name = spec.served_name
         self.state = State.LOADING
         self.error: str | None = None
         self.info: ModelInfo | None = None
-        self.admission = Admission(spec.max_concurrent_requests, spec.max_queue_time)
+        self.admission = Admission(
+            spec.max_concurrent_requests, spec.max_queue_time, reserve=spec.priority_reserve,
+            low_share=spec.low_priority_share,
+        )  # fmt: skip
         self.loaded_in: float | None = None
         self.batch_overhead_tokens = 0.0
         self._loader = loader
@@ -134,7 +132,6 @@ class ModelRuntime:
         try:
             info, model = await backend.call(self._loader, self.spec)
             self._configure(info)
-            self.cache_scope = model_scope(info, self._max_input_length)
             with logs.step(log, "model %s: warming up (timing a small and a large batch)", self.name):
                 cost = await backend.call(model.warmup, self.spec.max_batch_tokens)
             # Debug only: on a CPU the fixed cost is a fraction of a millisecond, so this ratio of two small timings
@@ -218,6 +215,10 @@ class ModelRuntime:
         """Inputs waiting for a batch."""
         return len(self._queue) if self._queue is not None else 0
 
+    def queued_in(self, lane: Priority) -> int:
+        """Inputs of one priority lane waiting for a batch."""
+        return self._queue.queued(lane) if self._queue is not None else 0
+
     @property
     def predicted_wait(self) -> float:
         """Seconds a request arriving now is predicted to wait for its first forward pass."""
@@ -246,11 +247,11 @@ class ModelRuntime:
             )
         return tokenizers, info
 
-    def shed(self) -> None:
-        """429 at once when the work already ahead is predicted to take longer than --max-queue-time (see
-        :meth:`Admission.shed`); nothing when the model is not ready (the pipeline answers that)."""
+    def shed(self, priority: Priority = Priority.NORMAL) -> None:
+        """429 at once when the work already ahead of a ``priority`` request is predicted to take longer than its
+        lane's limit (see :meth:`Admission.shed`); nothing when the model is not ready (the pipeline answers that)."""
         if self._queue is not None and self.state is State.READY:
-            self.admission.shed(self._queue.tokens_ahead, self.name)
+            self.admission.shed(self._queue.tokens_ahead_of(priority), self.name, priority)
 
     def check_batch_size(self, n: int, param: str) -> None:
         """Requests carry at most --max-client-batch-size inputs."""
@@ -279,13 +280,14 @@ class ModelRuntime:
 
     async def run(
         self, characters: Sequence[int], encode: Encoder, request_id: str = "", deadline: float | None = None,
-        images: int = 0,
+        images: int = 0, priority: Priority = Priority.NORMAL,
     ) -> RunResult[Any]:  # fmt: skip
         """The pipeline: admission (429 at once when full or when the predicted wait is too long), tokenization on
         the pool, the queue, the batches. ``characters`` has one count per input (what admission estimates its
         tokens from; 0 for an image, of which there are ``images``, each costing the model's image tokens);
         ``deadline`` is a ``time.perf_counter()`` time after which the client no longer wants the answer (504 at
-        once when the predicted wait is longer; dropped from the queue once it passes).
+        once when the predicted wait is longer; dropped from the queue once it passes); ``priority`` is the lane
+        it is admitted and queued in (see :mod:`embedserve.core.priority`).
 
         The rows are whatever the model yields per input; callers annotate the ``RunResult`` with the row type their
         capability produces."""
@@ -296,16 +298,17 @@ class ModelRuntime:
         estimate = admission.estimate(characters, self._max_input_length) + images * info.image_tokens
         t0 = time.perf_counter()
         admission.admit(
-            n, estimate, queue.tokens_ahead, deadline_in=None if deadline is None else deadline - t0, name=self.name
-        )
+            n, estimate, queue.tokens_ahead_of(priority), deadline_in=None if deadline is None else deadline - t0,
+            name=self.name, priority=priority,
+        )  # fmt: skip
         try:
             try:
                 # Alone in flight, a small request is tokenized inline: nothing else needs the loop meanwhile.
                 encoded = await encode(self._tokenizers, admission.in_use == n)
             finally:
-                admission.tokenized(estimate)
+                admission.tokenized(estimate, priority)
             admission.learn(sum(characters), encoded.tokens)
-            job = Job(asyncio.get_running_loop(), n, request_id, deadline)
+            job = Job(asyncio.get_running_loop(), n, request_id, deadline, priority)
             queue.put(job, encoded.ids, encoded.type_ids, encoded.pixels, info.image_tokens)
             try:
                 await job.future

@@ -7,16 +7,13 @@ starlette, no torch; arguments are plain values, never the HTTP layer's request 
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from embedserve.core.cache import Entry, input_key
 from embedserve.core.capabilities import Capability
-from embedserve.core.embedding_cache import EmbeddingCache
+from embedserve.core.priority import Priority
 from embedserve.core.runtime import ModelRuntime, RunResult, Timings
 from embedserve.core.tokenization import Direction, Encoded, Token, TokenizerPool
 from embedserve.errors import ValidationError
@@ -30,8 +27,6 @@ class EmbedResult:
     prompt_tokens: int
     timings: Timings
     batch_links: tuple[Any, ...] = ()
-    cache_hits: int = 0
-    """Inputs answered without computing them for this request (see :mod:`embedserve.core.embedding_cache`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +62,11 @@ async def embed(
     param: str = "inputs",
     request_id: str = "",
     deadline: float | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> EmbedResult:
     """Dense embeddings (:attr:`Capability.EMBED`). ``param`` names the inputs in error messages; ``deadline``
-    (``time.perf_counter()`` time) is when the client stops wanting the answer."""
+    (``time.perf_counter()`` time) is when the client stops wanting the answer; ``priority`` is the lane it is
+    admitted and batched in (every capability below takes the same three)."""
     _, info = runtime.require(Capability.EMBED)
     runtime.check_batch_size(len(inputs), param)
     if dimensions is not None and dimensions > info.dim:
@@ -78,64 +75,15 @@ async def embed(
         )
     texts = runtime.texts(inputs, prompt_name)
     cut = runtime.truncate(truncate)
-    if runtime.cache is not None:
-        cached = await _embed_cached(runtime, runtime.cache, texts, cut, direction, param, request_id, deadline)
-        vectors = _postprocess(cached.vectors, dimensions, normalize)
-        return EmbedResult(vectors, cached.prompt_tokens, cached.timings, cached.batch_links, cached.cache_hits)
 
     async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
         return await pool.encode(texts, truncate=cut, direction=direction, param=param, inline=inline)
 
-    run: RunResult[np.ndarray] = await runtime.run(list(map(len, texts)), encode, request_id, deadline)
+    run: RunResult[np.ndarray] = await runtime.run(
+        list(map(len, texts)), encode, request_id, deadline, priority=priority
+    )
     vectors = _postprocess(np.stack(run.rows), dimensions, normalize)
     return EmbedResult(vectors, run.tokens, run.timings, run.batch_links)
-
-
-async def _embed_cached(
-    runtime: ModelRuntime, cache: EmbeddingCache, texts: list[str], truncate: bool, direction: Direction, param: str,
-    request_id: str, deadline: float | None,
-) -> EmbedResult:  # fmt: skip
-    """The model's full-size, unnormalized vectors through the cache: only the inputs no cache holds run the
-    pipeline. Usage counts every input's tokens, cached ones from the token count stored with their entry."""
-    t0 = time.perf_counter()
-    keys = [input_key(runtime.cache_scope, text, truncate=truncate, direction=direction) for text in texts]
-    runs: list[RunResult[np.ndarray]] = []
-
-    async def compute(indices: list[int]) -> list[Entry]:
-        chosen = [texts[i] for i in indices]
-        counts: list[int] = []
-
-        async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
-            encoded = await pool.encode(chosen, truncate=truncate, direction=direction, param=param, inline=inline)
-            counts.extend(map(len, encoded.ids))
-            return encoded
-
-        try:
-            run: RunResult[np.ndarray] = await runtime.run(list(map(len, chosen)), encode, request_id, deadline)
-        except ValidationError as exc:
-            raise _renumbered(exc, param, indices) from None
-        runs.append(run)
-        return [Entry.of(row, tokens) for row, tokens in zip(run.rows, counts, strict=True)]
-
-    found = await cache.lookup(runtime.name, keys, compute)
-    if runs:
-        timings = runs[0].timings
-    else:  # every input was cached: no tokenizing, no queue, no forward pass
-        t1 = time.perf_counter()
-        timings = Timings(started=t0, enqueued=t0, first_batch=t0, computed=t0, finished=t1, inference=0.0)
-    return EmbedResult(
-        np.stack([entry.vector for entry in found.entries]),
-        sum(entry.tokens for entry in found.entries),
-        timings,
-        tuple(link for run in runs for link in run.batch_links),
-        found.hits,
-    )
-
-
-def _renumbered(exc: ValidationError, param: str, indices: list[int]) -> ValidationError:
-    """The tokenizer names an input by its index among those computed; name it by its index in the request."""
-    message = re.sub(rf"`{re.escape(param)}\[(\d+)\]`", lambda m: f"`{param}[{indices[int(m.group(1))]}]`", exc.message)
-    return type(exc)(message, param=exc.param, headers=exc.headers)
 
 
 def _postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
@@ -159,6 +107,7 @@ async def embed_sparse(
     param: str = "inputs",
     request_id: str = "",
     deadline: float | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> SparseResult:
     """SPLADE vectors (:attr:`Capability.SPARSE`); ``top_k`` keeps the heaviest terms."""
     runtime.require(Capability.SPARSE)
@@ -170,7 +119,7 @@ async def embed_sparse(
         return await pool.encode(texts, truncate=cut, direction=direction, param=param, inline=inline)
 
     run: RunResult[tuple[np.ndarray, np.ndarray]] = await runtime.run(
-        list(map(len, texts)), encode, request_id, deadline
+        list(map(len, texts)), encode, request_id, deadline, priority=priority
     )
     rows = [_top(indices, values, top_k) for indices, values in run.rows]
     return SparseResult(rows, run.tokens, run.timings, run.batch_links)
@@ -195,6 +144,7 @@ async def score(
     request_id: str = "",
     deadline: float | None = None,
     activation: str | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> ScoreResult:
     """Scores of (query, document) pairs (:attr:`Capability.RERANK`) or of single texts and pairs
     (:attr:`Capability.CLASSIFY`).
@@ -210,7 +160,7 @@ async def score(
         return await pool.encode_pairs(pairs, truncate=cut, direction=direction, param=param, inline=inline)
 
     characters = [len(first) + len(second or "") for first, second in pairs]
-    run: RunResult[np.ndarray] = await runtime.run(characters, encode, request_id, deadline)
+    run: RunResult[np.ndarray] = await runtime.run(characters, encode, request_id, deadline, priority=priority)
     logits = np.stack(run.rows).astype(np.float32)
     activation = "none" if raw else activation or info.activation
     if activation == "auto":

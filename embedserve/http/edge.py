@@ -119,6 +119,7 @@ def endpoint(
                     ctx.gateway_token.check(request.headers.get(GATEWAY_TOKEN_HEADER))
                 if guard == "key" or (guard == "metrics" and ctx.settings.edge.metrics_auth):
                     kid = ctx.keys.authenticate(request.headers.get("authorization"))
+                    request.state.key_priority = ctx.keys.priority(kid)  # the request's lane unless it names one
                 identity = kid if ctx.keys.enabled else (request.client.host if request.client else ANONYMOUS)
                 if guard == "key":
                     ctx.governor.admit(identity)

@@ -12,6 +12,7 @@ from embedserve.core.capabilities import Capability
 from embedserve.core.tokenization import Direction
 from embedserve.errors import ValidationError
 from embedserve.http.fields import Body, Field, Served, nullable
+from embedserve.http.priority import PRIORITY
 from embedserve.http.schemas import (
     DIRECTION,
     MODEL,
@@ -89,7 +90,8 @@ parse_similarity = Body(
     _similarity_request,
     (Field("inputs", _similarity_inputs, _similarity_inputs_schema, "The sentences to compare with the source "
            "sentence (with it, at most --max-client-batch-size texts per request).", required=True),
-     Field("parameters", _similarity_parameters, _similarity_parameters_schema, "TEI's options."), MODEL),
+     Field("parameters", _similarity_parameters, _similarity_parameters_schema, "TEI's options."), MODEL,
+     PRIORITY),
     Capability.EMBED,
     "Sentence similarity (the Inference API's task; TEI's /similarity).",
     ({"inputs": {"source_sentence": "What is Deep Learning?", "sentences": ["Deep Learning is...", "cheese"]}},),

@@ -3,7 +3,8 @@
 Keys come from ``--api-key`` and ``--api-key-file`` (re-read on SIGHUP without dropping traffic: the set of key
 digests is swapped in one assignment). A presented key is hashed and compared with every known digest in constant
 time, so neither the comparison nor the lookup tells an attacker how close a guess was. Only the key id, a short
-stable hash, ever reaches logs, traces or metrics.
+stable hash, ever reaches logs, traces or metrics. A key in the file may carry a default priority lane for its
+requests (``<key> priority=low``; see :mod:`embedserve.http.priority`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 import logging
 from pathlib import Path
 
+from embedserve.core.priority import Priority
 from embedserve.errors import UnauthorizedError
 from embedserve.settings import EdgeSettings, SettingsError
 
@@ -31,13 +33,32 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def read_key_file(path: str) -> list[str]:
-    """One key per line; blank lines and lines starting with # are skipped."""
+def read_key_file(path: str) -> list[tuple[str, Priority | None]]:
+    """One key per line, optionally followed by ``priority=<lane>`` (its requests' default lane); blank lines and
+    lines starting with # are skipped."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise SettingsError(f"--api-key-file {path}: {exc.strerror or exc}") from exc
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    keys: list[tuple[str, Priority | None]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, *options = line.split()
+        lane: Priority | None = None
+        for option in options:
+            name, _, value = option.partition("=")
+            if name != "priority" or value.lower() not in LANE_NAMES:
+                raise SettingsError(
+                    f"--api-key-file {path}, line {number}: after the key, only priority=high, priority=normal or "
+                    "priority=low may follow (the key itself is not shown)"
+                )
+            lane = Priority(value.lower())
+        keys.append((key, lane))
+    return keys
+
+
+LANE_NAMES = frozenset(lane.value for lane in Priority)
 
 
 class ApiKeys:
@@ -47,6 +68,7 @@ class ApiKeys:
         self._flag_keys = list(settings.api_key)
         self._file = settings.api_key_file
         self._digests: dict[bytes, str] = {}
+        self._lanes: dict[str, Priority] = {}
         self.reload()
 
     @property
@@ -56,15 +78,20 @@ class ApiKeys:
 
     def reload(self) -> int:
         """Re-read the key file (SIGHUP). The new set replaces the old one atomically. Returns the key count."""
-        keys = list(self._flag_keys)
+        keys: list[tuple[str, Priority | None]] = [(key, None) for key in self._flag_keys]
         if self._file is not None:
             from_file = read_key_file(self._file)
             if not from_file:
                 raise SettingsError(f"--api-key-file {self._file} holds no keys")
             keys.extend(from_file)
-        self._digests = {_digest(key): key_id(key) for key in keys}
+        self._lanes = {key_id(key): lane for key, lane in keys if lane is not None}
+        self._digests = {_digest(key): key_id(key) for key, _ in keys}
         log.info("API keys loaded: %d (ids %s)", len(self._digests), ", ".join(sorted(self._digests.values())))
         return len(self._digests)
+
+    def priority(self, kid: str) -> Priority | None:
+        """The default lane the key file gives key ``kid``, if any."""
+        return self._lanes.get(kid)
 
     def authenticate(self, authorization: str | None) -> str:
         """The key id for an ``Authorization`` header value; raises UnauthorizedError when auth is on and the header

@@ -81,8 +81,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     limits: ClassVar[Limits]
     shedder: ClassVar[Any] = None
-    """Optional: an object whose ``answer(method, target)`` returns a complete response for a request to refuse as
-    soon as its head is parsed (see :mod:`embedserve.http.shedding`), or None to serve it normally."""
+    """Optional: an object whose ``answer(method, target, headers)`` returns a complete response for a request to
+    refuse as soon as its head is parsed (see :mod:`embedserve.http.shedding`), or None to serve it normally."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -242,7 +242,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return False
         if self.cycle is not None and not self.cycle.response_complete:
             return False
-        answer = self.shedder.answer(self.parser.get_method(), self.url)
+        answer = self.shedder.answer(self.parser.get_method(), self.url, self.headers)
         if answer is None:
             return False
         self.transport.write(answer)

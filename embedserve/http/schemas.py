@@ -20,6 +20,7 @@ from embedserve.errors import EmptyInputError, InvalidJSONError, ValidationError
 from embedserve.http.encodings import ENCODING_FORMAT, OUTPUT_DTYPE, EncodingFormat, OutputDtype
 from embedserve.http.fields import Body, Field, Served, fixed, nullable
 from embedserve.http.image_inputs import embed_inputs_field
+from embedserve.http.priority import PRIORITY
 from embedserve.media.sources import ImageRef
 
 TOKEN_IDS_MESSAGE = (
@@ -306,7 +307,7 @@ parse_tei_embed = Body(
     "EmbedRequest",
     EmbedRequest,
     (embed_inputs_field("inputs", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
-     MODEL, ENCODING_FORMAT, OUTPUT_DTYPE),
+     MODEL, ENCODING_FORMAT, OUTPUT_DTYPE, PRIORITY),
     Capability.EMBED,
     "Dense embeddings (TEI's /embed), with encoding_format and output_dtype as on /v1/embeddings.",
     ({"inputs": ["What is Deep Learning?", "Deep Learning is not..."]},),
@@ -318,7 +319,7 @@ parse_openai_embeddings = Body(
            "Accepted and ignored.", attr=None),
      ENCODING_FORMAT, OUTPUT_DTYPE,
      embed_inputs_field("input", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
-     MODEL),
+     MODEL, PRIORITY),
     Capability.EMBED,
     "OpenAI's embeddings request, with TEI's truncate, truncation_direction, prompt_name and normalize, and "
     "output_dtype (int8, uint8, binary, ubinary, float16).",
@@ -329,7 +330,7 @@ parse_sparse = Body(
     SparseRequest,
     (_texts_field("inputs", "A text or a list of texts"), TRUNCATE, DIRECTION, PROMPT, MODEL,
      _positive("top_k", "Keep the k heaviest terms of each vector."),
-     _flag("return_tokens", False, "Add each term's vocabulary entry.")),
+     _flag("return_tokens", False, "Add each term's vocabulary entry."), PRIORITY),
     Capability.SPARSE,
     "SPLADE vectors (TEI's /embed_sparse).",
     ({"inputs": ["What is Deep Learning?"]},),

@@ -12,6 +12,7 @@ from embedserve.core.capabilities import Capability
 from embedserve.core.tokenization import Direction
 from embedserve.errors import EmptyInputError, ValidationError
 from embedserve.http.fields import Body, Field, Served, fixed
+from embedserve.http.priority import PRIORITY
 from embedserve.http.schemas import (
     _BATCH_NOTE,
     DIRECTION,
@@ -102,7 +103,8 @@ parse_tei_rerank = Body(
     RerankRequest,
     (Field("query", lambda body: _required_str(body, "query"), fixed(TEXT), "The query.", required=True),
      _texts_field("texts", "The documents to score against the query", attr="documents"), TRUNCATE, DIRECTION,
-     _RAW_SCORES, _flag("return_text", False, "Echo each document's text.", attr="return_documents"), MODEL),
+     _RAW_SCORES, _flag("return_text", False, "Echo each document's text.", attr="return_documents"), MODEL,
+     PRIORITY),
     Capability.RERANK,
     "Rerank (TEI's /rerank).",
     ({"query": "What is Deep Learning?", "texts": ["Deep Learning is...", "cheese"]},),
@@ -122,7 +124,7 @@ parse_cohere_rerank = Body(
      Field("documents", _cohere_documents, _cohere_documents_schema,
            f'Texts or {{"text": ...}} objects; {_BATCH_NOTE}.', required=True),
      TRUNCATE, DIRECTION, _RAW_SCORES, _flag("return_documents", False, "Echo each document."),
-     _positive("top_n", "Return only the n best documents."), MODEL),
+     _positive("top_n", "Return only the n best documents."), MODEL, PRIORITY),
     Capability.RERANK,
     "Rerank in Cohere's and Jina's shape.",
     ({"query": "What is Deep Learning?", "documents": ["Deep Learning is...", "cheese"]},),
@@ -141,7 +143,7 @@ parse_predict = Body(
     _predict_request,
     (Field("inputs", _predict_inputs, _predict_schema, "A text, a pair [text, text], or a list of texts and pairs "
            f"(a list of exactly two texts is one pair); {_BATCH_NOTE}.", required=True),
-     TRUNCATE, DIRECTION, _RAW_SCORES, MODEL),
+     TRUNCATE, DIRECTION, _RAW_SCORES, MODEL, PRIORITY),
     Capability.CLASSIFY,
     "Classify texts or text pairs (TEI's /predict).",
     ({"inputs": "I like you. I love you"},),

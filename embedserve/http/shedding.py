@@ -8,6 +8,10 @@ work and the refusals themselves stay fast. The answer is the same ``429 Overloa
 with ``Retry-After`` that the handler would give; it is counted in ``embedserve_requests_total`` and
 ``embedserve_rejected_requests_total`` like any other, but not access-logged (a flood would flood the log) and it
 comes before the API key check (it says only that the server is full).
+
+The limit is the one of the lane the ``X-Priority`` header names (see :mod:`embedserve.http.priority`), else of
+``normal``: the body's ``priority`` field and the API key's default are not known yet, so a high-priority request
+that must pass a flood of normal work should send the header.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import uuid
 
 import orjson
 
-from embedserve.errors import OverloadedError, render_openai, render_tei
+from embedserve.core.priority import Priority
+from embedserve.errors import OverloadedError, ValidationError, render_openai, render_tei
 from embedserve.http.edge import AppContext
+from embedserve.http.priority import PRIORITY_HEADER, parse_priority
 from embedserve.http.web import REQUEST_ID_HEADER, is_openai_path
 
 QUEUED_ROUTES = frozenset(
@@ -33,15 +39,16 @@ class Shedder:
     def __init__(self, ctx: AppContext) -> None:
         self._ctx = ctx
 
-    def answer(self, method: bytes, target: bytes) -> bytes | None:
-        """The complete response bytes when the request is shed, else None (serve it normally)."""
+    def answer(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> bytes | None:
+        """The complete response bytes when the request is shed, else None (serve it normally). ``headers`` are the
+        head's, names in lower case."""
         if method != b"POST":
             return None
         path = target.split(b"?", 1)[0].decode("latin-1")
         if path not in QUEUED_ROUTES:
             return None
         try:
-            self._ctx.registry.shed()
+            self._ctx.registry.shed(_lane(headers or []))
         except OverloadedError as err:
             return self._render(path, err)
         return None
@@ -60,3 +67,18 @@ class Shedder:
         }
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         return f"HTTP/1.1 {err.status} Too Many Requests\r\n{head}\r\n".encode("latin-1") + body
+
+
+_HEADER = PRIORITY_HEADER.encode()
+
+
+def _lane(headers: list[tuple[bytes, bytes]]) -> Priority:
+    """The lane the head's ``X-Priority`` names; normal without one, or with a malformed one (the handler answers
+    that with 422 once the request gets there)."""
+    for name, value in headers:
+        if name == _HEADER:
+            try:
+                return parse_priority(value.decode("latin-1"), "header X-Priority", PRIORITY_HEADER)
+            except ValidationError:
+                return Priority.NORMAL
+    return Priority.NORMAL

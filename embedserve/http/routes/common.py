@@ -13,6 +13,7 @@ from embedserve.core.runtime import ModelRuntime, Timings
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, facts
 from embedserve.http.image_inputs import has_images, load_images
+from embedserve.http.priority import note_priority, request_priority
 from embedserve.http.schemas import EmbedRequest, decode_json_object
 from embedserve.http.web import read_json_body, request_id, timing_headers, until_disconnect
 
@@ -33,12 +34,17 @@ R = TypeVar("R", bound=Computed)
 
 async def read_body(request: Request, *, batched: bool = True) -> dict[str, Any]:
     """The JSON object body, within --payload-limit and --body-timeout. For work that goes through the batch queue
-    (``batched``), a flood is refused first, before the body is read (see :meth:`Registry.shed`)."""
+    (``batched``), a flood is refused first, before the body is read (see :meth:`Registry.shed`), by the limit of
+    the lane the header or the API key gives; then the request's lane is noted with its body
+    (:mod:`embedserve.http.priority`)."""
     ctx = context(request)
     if batched:
-        ctx.registry.shed()
+        ctx.registry.shed(request_priority(request))
     server = ctx.settings.server
-    return decode_json_object(await read_json_body(request, server.payload_limit, server.body_timeout))
+    body = decode_json_object(await read_json_body(request, server.payload_limit, server.body_timeout))
+    if batched:
+        note_priority(request, body)
+    return body
 
 
 def resolve(request: Request, model: str | None) -> ModelRuntime:
@@ -54,10 +60,7 @@ async def compute(request: Request, work: Awaitable[R], inputs: int, characters:
     noted.inputs = inputs
     result = await until_disconnect(request.receive, work)
     noted.tokens, noted.timings, noted.batch_links = result.prompt_tokens, result.timings, result.batch_links
-    headers = timing_headers(request_id(request), result.timings, result.prompt_tokens, characters)
-    if isinstance(result, tasks.EmbedResult):
-        headers["x-cache-hits"] = str(result.cache_hits)  # inputs of this answer that were not computed for it
-    return result, headers
+    return result, timing_headers(request_id(request), result.timings, result.prompt_tokens, characters)
 
 
 def embed_work(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) -> Awaitable[tasks.EmbedResult]:
@@ -68,6 +71,7 @@ def embed_work(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) ->
         runtime, cast(list[str], parsed.inputs), dimensions=parsed.dimensions, normalize=parsed.normalize,
         truncate=parsed.truncate, direction=parsed.truncation_direction, prompt_name=parsed.prompt_name,
         param=parsed.input_param, request_id=request_id(request), deadline=deadline(request),
+        priority=request_priority(request),
     )  # fmt: skip
 
 
@@ -80,5 +84,5 @@ async def _embed_images(request: Request, runtime: ModelRuntime, parsed: EmbedRe
     return await images.embed_with_images(
         runtime, inputs, dimensions=parsed.dimensions, normalize=parsed.normalize, truncate=parsed.truncate,
         direction=parsed.truncation_direction, prompt_name=parsed.prompt_name, param=parsed.input_param,
-        request_id=request_id(request), deadline=deadline(request),
+        request_id=request_id(request), deadline=deadline(request), priority=request_priority(request),
     )  # fmt: skip

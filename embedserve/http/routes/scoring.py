@@ -16,6 +16,7 @@ from embedserve.http import answers
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import endpoint
 from embedserve.http.inference_api import parse_classification
+from embedserve.http.priority import request_priority
 from embedserve.http.routes.common import compute, read_body, resolve
 from embedserve.http.scoring_schemas import RerankRequest, parse_cohere_rerank, parse_predict, parse_tei_rerank
 from embedserve.http.web import json_response, request_id
@@ -28,6 +29,7 @@ async def _rerank(request: Request, parsed: RerankRequest, param: str) -> tuple[
     work = tasks.score(
         runtime, Capability.RERANK, pairs, truncate=parsed.truncate, direction=parsed.truncation_direction,
         raw=parsed.raw_scores, param=param, request_id=request_id(request), deadline=deadline(request),
+        priority=request_priority(request),
     )  # fmt: skip
     characters = len(parsed.query) * len(pairs) + sum(map(len, parsed.documents))
     result, headers = await compute(request, work, len(pairs), characters)
@@ -105,7 +107,7 @@ async def answer_predict(request: Request, body: dict[str, Any], *, inference_ap
     work = tasks.score(
         runtime, Capability.CLASSIFY, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
         raw=parsed.raw_scores, activation=function, param="inputs", request_id=request_id(request),
-        deadline=deadline(request),
+        deadline=deadline(request), priority=request_priority(request),
     )  # fmt: skip
     characters = sum(len(a) + len(b or "") for a, b in parsed.inputs)
     result, headers = await compute(request, work, len(parsed.inputs), characters)

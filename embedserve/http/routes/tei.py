@@ -22,6 +22,7 @@ from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, endpoint
 from embedserve.http.encodings import render
 from embedserve.http.inference_api import parse_similarity
+from embedserve.http.priority import request_priority
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_sparse, parse_tei_embed
 from embedserve.http.web import check_answer_size, json_response, request_id
@@ -62,6 +63,7 @@ async def answer_sparse(request: Request, body: dict[str, Any]) -> Response:
     work = tasks.embed_sparse(
         runtime, parsed.inputs, truncate=parsed.truncate, direction=parsed.truncation_direction,
         prompt_name=parsed.prompt_name, top_k=parsed.top_k, request_id=request_id(request), deadline=deadline(request),
+        priority=request_priority(request),
     )  # fmt: skip
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
     terms_sent = sum(len(indices) for indices, _ in result.rows)
@@ -99,7 +101,7 @@ async def answer_similarity(request: Request, body: dict[str, Any]) -> Response:
     work = tasks.embed(
         runtime, texts, dimensions=None, normalize=True, truncate=parsed.truncate,
         direction=parsed.truncation_direction, prompt_name=parsed.prompt_name, param="inputs.sentences",
-        request_id=request_id(request), deadline=deadline(request),
+        request_id=request_id(request), deadline=deadline(request), priority=request_priority(request),
     )  # fmt: skip
     result, headers = await compute(request, work, len(texts), sum(map(len, texts)))
     vectors = np.asarray(result.vectors, dtype=np.float32)
