@@ -46,7 +46,7 @@ PROXIED = ("/embed", "/embed_sparse", "/rerank", "/v1/rerank", "/predict", "/tok
            "/embeddings")  # fmt: skip
 """The worker routes the gateway forwards, by the body's ``model``."""
 EXPOSED_HEADERS = ["x-request-id", "x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time",
-                   "x-compute-tokens", "x-compute-characters", "retry-after"]  # fmt: skip
+                   "x-compute-tokens", "x-compute-characters", "x-cache-hits", "retry-after"]  # fmt: skip
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

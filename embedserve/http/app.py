@@ -36,7 +36,7 @@ from embedserve.tracing import Tracing
 log = logging.getLogger("embedserve.app")
 
 EXPOSED_HEADERS = ["x-request-id", "x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time",
-                   "x-compute-tokens", "x-compute-characters", "retry-after"]  # fmt: skip
+                   "x-compute-tokens", "x-compute-characters", "x-cache-hits", "retry-after"]  # fmt: skip
 
 
 def create_app(
