@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -261,3 +263,22 @@ def test_cached_inputs_take_no_admission_slot(minilm_path):
 
     with run_server(settings, loader=loader, cache=CACHE) as server:
         asyncio.run(scenario(server, built[0]))
+
+
+def test_a_frozen_redis_is_waited_for_at_most_the_timeout_then_inputs_are_computed(minilm_path, caplog):
+    caplog.set_level(logging.WARNING, logger="embedserve.cache")
+    with redis_server() as redis:
+        cache = CacheSettings(cache_bytes=8 * 2**20, cache_url=redis.url, cache_timeout=0.2)
+        with run_server(model_settings(minilm_path), cache=cache) as server, server.client() as client:
+            warm, _ = embed(client, ["asked while redis answers"])
+            redis.process.send_signal(signal.SIGSTOP)  # alive and connected, but silent: a black-holed Redis
+            try:
+                vectors, response = embed(client, ["asked while redis is frozen", "asked while redis answers"])
+            finally:
+                redis.process.send_signal(signal.SIGCONT)
+            assert response.headers["x-cache-hits"] == "1"
+            assert np.array_equal(vectors[1], warm[0])
+            assert metric(server, "embedserve_shared_cache_errors_total", operation="read") >= 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "embedserve.cache"]
+    assert len(warnings) == 1  # rate-limited: at most one every 10 s
+    assert "shared cache (--cache-url) read failed (TimeoutError" in warnings[0]
