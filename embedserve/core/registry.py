@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from embedserve import engines
 from embedserve.core.batching import Batch
+from embedserve.core.embedding_cache import EmbeddingCache
 from embedserve.core.priority import Priority
 from embedserve.core.runtime import Loader, ModelRuntime, State
 from embedserve.engines.base import InferenceModel, ModelInfo
@@ -27,8 +28,10 @@ class Registry:
     """Every model this process serves, in configuration order; the first is the default."""
 
     def __init__(self, settings: Settings, loader: Loader = default_loader) -> None:
+        self.cache = EmbeddingCache.from_settings(settings.cache)
+        """One embedding cache for every model (the model is part of each key); None when off."""
         self.runtimes: dict[str, ModelRuntime] = {
-            spec.served_name: ModelRuntime(spec, loader) for spec in settings.models
+            spec.served_name: ModelRuntime(spec, loader, self.cache) for spec in settings.models
         }
         self.default = next(iter(self.runtimes.values()))
         self.partial = False
@@ -102,5 +105,7 @@ class Registry:
         return "ready" if self.healthy else "unhealthy"
 
     async def drain(self, grace_seconds: float) -> None:
-        """Drain every model in parallel within one grace period."""
+        """Drain every model in parallel within one grace period, then close the shared cache's connections."""
         await asyncio.gather(*(runtime.drain(grace_seconds) for runtime in self.runtimes.values()))
+        if self.cache is not None:
+            await self.cache.close()

@@ -22,7 +22,9 @@ from embedserve import logs
 from embedserve.core.admission import Admission, Throughput
 from embedserve.core.backend import BackendThread
 from embedserve.core.batching import Batch, BatchQueue, Job
+from embedserve.core.cache import model_scope
 from embedserve.core.capabilities import KIND_CAPABILITIES, Capability
+from embedserve.core.embedding_cache import EmbeddingCache
 from embedserve.core.priority import Priority
 from embedserve.core.tokenization import Encoded, TokenizerPool
 from embedserve.engines.base import ImageModel, InferenceModel, ModelInfo
@@ -102,8 +104,12 @@ request to be tokenized inline (see :data:`~embedserve.core.tokenization.INLINE_
 class ModelRuntime:
     """Everything that serves one model. Create it anywhere; :meth:`start` it on the event loop."""
 
-    def __init__(self, spec: ModelSettings, loader: Loader) -> None:
+    def __init__(self, spec: ModelSettings, loader: Loader, cache: EmbeddingCache | None = None) -> None:
         self.spec = spec
+        self.cache = cache
+        """The process's embedding cache (None when off); :mod:`embedserve.core.tasks` consults it for vectors."""
+        self.cache_scope = b""
+        """The part of this model's cache keys that names it and how it computes (set once loaded)."""
         self.name = spec.served_name
         self.state = State.LOADING
         self.error: str | None = None
@@ -132,6 +138,7 @@ class ModelRuntime:
         try:
             info, model = await backend.call(self._loader, self.spec)
             self._configure(info)
+            self.cache_scope = model_scope(info, self._max_input_length)
             with logs.step(log, "model %s: warming up (timing a small and a large batch)", self.name):
                 cost = await backend.call(model.warmup, self.spec.max_batch_tokens)
             # Debug only: on a CPU the fixed cost is a fraction of a millisecond, so this ratio of two small timings

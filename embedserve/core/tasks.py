@@ -7,12 +7,16 @@ starlette, no torch; arguments are plain values, never the HTTP layer's request 
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from embedserve.core.cache import Entry, input_key
 from embedserve.core.capabilities import Capability
+from embedserve.core.embedding_cache import EmbeddingCache
 from embedserve.core.priority import Priority
 from embedserve.core.runtime import ModelRuntime, RunResult, Timings
 from embedserve.core.tokenization import Direction, Encoded, Token, TokenizerPool
@@ -27,6 +31,8 @@ class EmbedResult:
     prompt_tokens: int
     timings: Timings
     batch_links: tuple[Any, ...] = ()
+    cache_hits: int = 0
+    """Inputs answered without computing them for this request (see :mod:`embedserve.core.embedding_cache`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,12 @@ async def embed(
         )
     texts = runtime.texts(inputs, prompt_name)
     cut = runtime.truncate(truncate)
+    if runtime.cache is not None:
+        cached = await _embed_cached(
+            runtime, runtime.cache, texts, cut, direction, param, request_id, deadline, priority
+        )
+        vectors = _postprocess(cached.vectors, dimensions, normalize)
+        return EmbedResult(vectors, cached.prompt_tokens, cached.timings, cached.batch_links, cached.cache_hits)
 
     async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
         return await pool.encode(texts, truncate=cut, direction=direction, param=param, inline=inline)
@@ -84,6 +96,55 @@ async def embed(
     )
     vectors = _postprocess(np.stack(run.rows), dimensions, normalize)
     return EmbedResult(vectors, run.tokens, run.timings, run.batch_links)
+
+
+async def _embed_cached(
+    runtime: ModelRuntime, cache: EmbeddingCache, texts: list[str], truncate: bool, direction: Direction, param: str,
+    request_id: str, deadline: float | None, priority: Priority,
+) -> EmbedResult:  # fmt: skip
+    """The model's full-size, unnormalized vectors through the cache: only the inputs no cache holds run the
+    pipeline. Usage counts every input's tokens, cached ones from the token count stored with their entry."""
+    t0 = time.perf_counter()
+    keys = [input_key(runtime.cache_scope, text, truncate=truncate, direction=direction) for text in texts]
+    runs: list[RunResult[np.ndarray]] = []
+
+    async def compute(indices: list[int]) -> list[Entry]:
+        chosen = [texts[i] for i in indices]
+        counts: list[int] = []
+
+        async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
+            encoded = await pool.encode(chosen, truncate=truncate, direction=direction, param=param, inline=inline)
+            counts.extend(map(len, encoded.ids))
+            return encoded
+
+        try:
+            run: RunResult[np.ndarray] = await runtime.run(
+                list(map(len, chosen)), encode, request_id, deadline, priority=priority
+            )
+        except ValidationError as exc:
+            raise _renumbered(exc, param, indices) from None
+        runs.append(run)
+        return [Entry.of(row, tokens) for row, tokens in zip(run.rows, counts, strict=True)]
+
+    found = await cache.lookup(runtime.name, keys, compute)
+    if runs:
+        timings = runs[0].timings
+    else:  # every input was cached: no tokenizing, no queue, no forward pass
+        t1 = time.perf_counter()
+        timings = Timings(started=t0, enqueued=t0, first_batch=t0, computed=t0, finished=t1, inference=0.0)
+    return EmbedResult(
+        np.stack([entry.vector for entry in found.entries]),
+        sum(entry.tokens for entry in found.entries),
+        timings,
+        tuple(link for run in runs for link in run.batch_links),
+        found.hits,
+    )
+
+
+def _renumbered(exc: ValidationError, param: str, indices: list[int]) -> ValidationError:
+    """The tokenizer names an input by its index among those computed; name it by its index in the request."""
+    message = re.sub(rf"`{re.escape(param)}\[(\d+)\]`", lambda m: f"`{param}[{indices[int(m.group(1))]}]`", exc.message)
+    return type(exc)(message, param=exc.param, headers=exc.headers)
 
 
 def _postprocess(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:

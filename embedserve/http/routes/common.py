@@ -60,7 +60,10 @@ async def compute(request: Request, work: Awaitable[R], inputs: int, characters:
     noted.inputs = inputs
     result = await until_disconnect(request.receive, work)
     noted.tokens, noted.timings, noted.batch_links = result.prompt_tokens, result.timings, result.batch_links
-    return result, timing_headers(request_id(request), result.timings, result.prompt_tokens, characters)
+    headers = timing_headers(request_id(request), result.timings, result.prompt_tokens, characters)
+    if isinstance(result, tasks.EmbedResult):
+        headers["x-cache-hits"] = str(result.cache_hits)  # inputs of this answer that were not computed for it
+    return result, headers
 
 
 def embed_work(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) -> Awaitable[tasks.EmbedResult]:
