@@ -174,6 +174,22 @@ class ModelSettings:
             "With --no-auto-truncate such inputs get 422 naming the limit."
         ),
     )
+    chunk_long_inputs: bool = field(
+        default=False,
+        metadata=opt(
+            "Embed inputs longer than the model's maximum input length in chunks when a request does not say "
+            "`chunk`: each is cut on token boundaries into chunks of the maximum (overlapping by --chunk-overlap), "
+            "every chunk is computed in the normal batches, and the chunk vectors are pooled into one (their mean "
+            "weighted by length, then normalized). Costs one forward pass per chunk instead of a truncated input."
+        ),
+    )
+    chunk_overlap: int = field(
+        default=32,
+        metadata=opt(
+            "Tokens each chunk of a chunked input repeats from the end of the chunk before it (at most half a "
+            "chunk), so that text cut at a chunk boundary is also seen whole. 0 cuts chunks end to end."
+        ),
+    )
     tokenization_workers: int | None = field(
         default=None,
         metadata=opt(
@@ -221,6 +237,8 @@ class ModelSettings:
             raise SettingsError(f"--max-queue-time must be 0 (off) or positive, got {self.max_queue_time}")
         self._check_lanes()
         positive("max_client_batch_size", self.max_client_batch_size)
+        if self.chunk_overlap < 0:
+            raise SettingsError(f"--chunk-overlap must be 0 or positive, got {self.chunk_overlap}")
         if self.max_batch_requests is not None:
             positive("max_batch_requests", self.max_batch_requests)
         if self.tokenization_workers is not None:

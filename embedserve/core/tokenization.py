@@ -133,6 +133,29 @@ class TokenizerPool:
             result.append(ids)
         return Encoded(result)
 
+    async def encode_chunks(self, texts: list[str], *, overlap: int, param: str = "inputs") -> list[list[list[int]]]:
+        """Each text as one or more chunks of token ids, each with the special tokens: a text within the model's
+        limit is one chunk; a longer one is cut on token boundaries into chunks of the limit, each starting
+        ``overlap`` tokens (at most half a chunk) before the previous one ends; the last may be shorter."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.encode_chunks_sync, texts, overlap, param)
+
+    def encode_chunks_sync(self, texts: list[str], overlap: int, param: str) -> list[list[list[int]]]:
+        """The blocking body of :meth:`encode_chunks`; runs on a worker thread."""
+        tokenizer = self._tokenizer()
+        room = self.max_input_length - self._special_tokens
+        result: list[list[list[int]]] = []
+        for i, encoding in enumerate(tokenizer.encode_batch(texts, add_special_tokens=False)):
+            if len(encoding) > room:
+                # The rest goes to encoding.overflowing, window after window, each repeating the last `stride`
+                # tokens of the one before; post_process gives every window its special tokens.
+                encoding.truncate(room, stride=min(overlap, room // 2), direction="right")
+            processed = tokenizer.post_process(encoding)
+            if not processed.ids:
+                raise ValidationError(f"`{param}[{i}]` has no tokens after tokenization", param=param)
+            result.append([processed.ids, *(piece.ids for piece in processed.overflowing)])
+        return result
+
     async def encode_pairs(
         self, pairs: list[tuple[str, str | None]], *, truncate: bool, direction: Direction, param: str,
         inline: bool = False,

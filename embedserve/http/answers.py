@@ -44,9 +44,9 @@ USAGE = _object({"prompt_tokens": _INT, "total_tokens": _INT})
 VECTOR = _list(_NUMBER)
 
 EMBEDDINGS = Answer(
-    {"anyOf": [_list(VECTOR), _list(_STRING)]},
+    {"anyOf": [_list(VECTOR), _list(_STRING), _list(_list(VECTOR)), _list(_list(_STRING))]},
     "One vector per input, in input order: lists of numbers (integers for the quantized output_dtype values), or "
-    "base64 strings of the elements' bytes.",
+    "base64 strings of the elements' bytes; with return_chunks, per input the list of its chunks' vectors.",
 )
 SPARSE = Answer(
     _list(_list(_object({"index": _INT, "value": _NUMBER, "token": _STRING}, optional=("token",)))),
@@ -114,16 +114,18 @@ INFO = Answer(
     "The default model and every limit (TEI's shape), and every served model under ``models``.",
 )  # fmt: skip
 METRICS = Answer(_STRING, "Prometheus text exposition.", media_type="text/plain")
+_EMBEDDING = {"anyOf": [VECTOR, _STRING, _list(VECTOR), _list(_STRING)]}
 OPENAI_EMBEDDINGS = Answer(
     _object({
         "object": {"const": "list"},
-        "data": _list(_object({"object": {"const": "embedding"}, "embedding": {"anyOf": [VECTOR, _STRING]},
+        "data": _list(_object({"object": {"const": "embedding"}, "embedding": _EMBEDDING,
                                "index": _INT})),
         "model": _STRING,
         "usage": USAGE,
     }),
     "One embedding per input, in input order: a list of numbers (integers for the quantized output_dtype values), "
-    "or base64 of the elements' little-endian bytes (float32 unless output_dtype says otherwise).",
+    "or base64 of the elements' little-endian bytes (float32 unless output_dtype says otherwise); with "
+    "return_chunks, a list of the input's chunk vectors.",
 )  # fmt: skip
 MODEL = _object({
     "id": _STRING, "object": {"const": "model"}, "created": _INT, "owned_by": _STRING, "kind": _OPTIONAL_STRING,

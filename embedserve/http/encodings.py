@@ -22,10 +22,13 @@ Base64 carries the elements' bytes, little-endian, one string per vector.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any, Literal, cast, get_args
 
 import numpy as np
 
+from embedserve.core.chunking import ChunkedResult
+from embedserve.core.tasks import EmbedResult
 from embedserve.errors import ValidationError
 from embedserve.http.fields import Field, fixed, nullable
 
@@ -61,6 +64,17 @@ def render(vectors: np.ndarray, dtype: OutputDtype, encoding: EncodingFormat) ->
     if encoding == "base64":
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in values]
     return values
+
+
+def render_result(
+    result: EmbedResult, dtype: OutputDtype, encoding: EncodingFormat, *, chunks: bool = False
+) -> np.ndarray | Sequence[Any]:
+    """Per input, its vector; with ``chunks``, the list of its chunks' vectors in text order (one for an input
+    that was not chunked)."""
+    if not chunks:
+        return render(result.vectors, dtype, encoding)
+    groups = result.chunks if isinstance(result, ChunkedResult) else tuple(row[None] for row in result.vectors)
+    return [render(group, dtype, encoding) for group in groups]
 
 
 def _choice(body: dict[str, Any], key: str, allowed: tuple[str, ...], hint: str = "") -> str:

@@ -45,6 +45,9 @@ class EmbedRequest:
     encoding_format: EncodingFormat = "float"
     output_dtype: OutputDtype = "float"
     """How the vectors are sent (see :mod:`embedserve.http.encodings`)."""
+    chunk: bool | None = None
+    """Embed over-long inputs in chunks (see :mod:`embedserve.core.chunking`); the model's default when None."""
+    return_chunks: bool = False
     input_param: str = "inputs"
     """The name of the inputs field on the route it came from, for error messages."""
 
@@ -301,13 +304,20 @@ PROMPT = Field("prompt_name", lambda body: _optional_str(body, "prompt_name"), _
 _DIMENSIONS = Field("dimensions", _dimensions, _dimensions_schema,
                     "Keep the first N dimensions (Matryoshka), before normalizing.")  # fmt: skip
 _NORMALIZE = _flag("normalize", True, "L2-normalize the vectors.")
+_CHUNK = _optional_flag(
+    "chunk", "Embed inputs longer than the model's limit in overlapping chunks pooled into one vector, instead of "
+    "truncating them; the model's --chunk-long-inputs when absent."
+)  # fmt: skip
+_RETURN_CHUNKS = _flag(
+    "return_chunks", False, "When chunking: each input's list of chunk vectors, in text order, instead of one vector."
+)
 
 
 parse_tei_embed = Body(
     "EmbedRequest",
     EmbedRequest,
     (embed_inputs_field("inputs", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
-     MODEL, ENCODING_FORMAT, OUTPUT_DTYPE, PRIORITY),
+     MODEL, ENCODING_FORMAT, OUTPUT_DTYPE, _CHUNK, _RETURN_CHUNKS, PRIORITY),
     Capability.EMBED,
     "Dense embeddings (TEI's /embed), with encoding_format and output_dtype as on /v1/embeddings.",
     ({"inputs": ["What is Deep Learning?", "Deep Learning is not..."]},),
@@ -317,7 +327,7 @@ parse_openai_embeddings = Body(
     partial(EmbedRequest, input_param="input"),
     (Field("user", lambda body: _optional_str(body, "user"), fixed(nullable({"type": "string"})),
            "Accepted and ignored.", attr=None),
-     ENCODING_FORMAT, OUTPUT_DTYPE,
+     ENCODING_FORMAT, OUTPUT_DTYPE, _CHUNK, _RETURN_CHUNKS,
      embed_inputs_field("input", _texts, _BATCH_NOTE), _NORMALIZE, TRUNCATE, DIRECTION, PROMPT, _DIMENSIONS,
      MODEL, PRIORITY),
     Capability.EMBED,

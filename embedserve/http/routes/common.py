@@ -7,7 +7,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from starlette.requests import Request
 
-from embedserve.core import images, tasks
+from embedserve.core import chunking, images, tasks
 from embedserve.core.capabilities import Capability
 from embedserve.core.runtime import ModelRuntime, Timings
 from embedserve.http.deadline import deadline
@@ -70,6 +70,12 @@ def embed_work(request: Request, runtime: ModelRuntime, parsed: EmbedRequest) ->
     """The dense-embedding work for a parsed ``/embed`` or ``/v1/embeddings`` body (both parse to one shape)."""
     if has_images(parsed.inputs):
         return _embed_images(request, runtime, parsed)
+    if parsed.return_chunks or chunking.enabled(runtime, parsed.chunk):
+        return chunking.embed_chunked(
+            runtime, cast(list[str], parsed.inputs), dimensions=parsed.dimensions, normalize=parsed.normalize,
+            prompt_name=parsed.prompt_name, param=parsed.input_param, request_id=request_id(request),
+            deadline=deadline(request), priority=request_priority(request),
+        )  # fmt: skip
     return tasks.embed(
         runtime, cast(list[str], parsed.inputs), dimensions=parsed.dimensions, normalize=parsed.normalize,
         truncate=parsed.truncate, direction=parsed.truncation_direction, prompt_name=parsed.prompt_name,

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from embedserve.core.runtime import ModelRuntime
 from embedserve.http import answers
 from embedserve.http.edge import context, endpoint
-from embedserve.http.encodings import render
+from embedserve.http.encodings import render_result
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
 from embedserve.http.schemas import parse_openai_embeddings
 from embedserve.http.web import json_response
@@ -39,7 +39,7 @@ async def embeddings(request: Request) -> Response:
     runtime = resolve(request, parsed.model)
     work = embed_work(request, runtime, parsed)
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
-    vectors = render(result.vectors, parsed.output_dtype, parsed.encoding_format)
+    vectors = render_result(result, parsed.output_dtype, parsed.encoding_format, chunks=parsed.return_chunks)
     data: list[dict[str, Any]] = [
         {"object": "embedding", "embedding": row, "index": i} for i, row in enumerate(vectors)
     ]

@@ -20,7 +20,7 @@ from embedserve.errors import UnhealthyError
 from embedserve.http import answers
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, endpoint
-from embedserve.http.encodings import render
+from embedserve.http.encodings import render_result
 from embedserve.http.inference_api import parse_similarity
 from embedserve.http.priority import request_priority
 from embedserve.http.routes.common import compute, embed_work, read_body, resolve
@@ -41,7 +41,8 @@ async def answer_embed(request: Request, body: dict[str, Any]) -> Response:
     runtime = resolve(request, parsed.model)
     work = embed_work(request, runtime, parsed)
     result, headers = await compute(request, work, len(parsed.inputs), sum(map(len, parsed.inputs)))
-    return json_response(render(result.vectors, parsed.output_dtype, parsed.encoding_format), headers=headers)
+    vectors = render_result(result, parsed.output_dtype, parsed.encoding_format, chunks=parsed.return_chunks)
+    return json_response(vectors, headers=headers)
 
 
 SPARSE_TERM_BYTES = 44
