@@ -282,3 +282,32 @@ def test_a_frozen_redis_is_waited_for_at_most_the_timeout_then_inputs_are_comput
     warnings = [r.getMessage() for r in caplog.records if r.name == "embedserve.cache"]
     assert len(warnings) == 1  # rate-limited: at most one every 10 s
     assert "shared cache (--cache-url) read failed (TimeoutError" in warnings[0]
+
+
+def test_a_request_that_joined_a_flight_whose_client_left_computes_the_input_itself(minilm_path, tokenizer):
+    loader, built = wrapping(Gated)
+    text = "the first asker hangs up"
+
+    async def scenario(server: RunningServer, gated: Gated) -> httpx.Response:
+        cache = server.registry.cache
+        assert cache is not None
+        gated.gate.clear()
+        async with server.async_client() as leaving, server.async_client() as staying:
+            leader = asyncio.create_task(leaving.post("/embed", json={"inputs": [text]}))
+            await asyncio.to_thread(gated.waiting.acquire)  # its forward pass is held at the gate
+            follower = asyncio.create_task(staying.post("/embed", json={"inputs": [text]}))
+            await eventually(lambda: cache.waiting == 1)
+            leader.cancel()  # the client hangs up: its flight ends without a vector
+            await eventually(lambda: server.runtime.queued == 1)  # the follower queued the input itself
+            gated.gate.set()
+            return await follower
+
+    with run_server(model_settings(minilm_path), loader=loader, cache=CACHE) as server:
+        gated = built[0]
+        answer = asyncio.run(scenario(server, gated))
+        with server.client() as client:
+            cached, again = embed(client, [text])
+    assert (answer.status_code, answer.headers["x-cache-hits"]) == (200, "0")
+    assert texts_seen(gated, tokenizer) == [text, text]
+    assert again.headers["x-cache-hits"] == "1"
+    assert np.array_equal(np.array(answer.json(), dtype=np.float32), cached)
