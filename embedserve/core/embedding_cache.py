@@ -116,11 +116,6 @@ class EmbeddingCache:
         """Bytes the in-process cache holds."""
         return self.local.bytes if self.local is not None else 0
 
-    @property
-    def held_entries(self) -> int:
-        """Entries the in-process cache holds."""
-        return len(self.local) if self.local is not None else 0
-
     async def lookup(self, model: str, keys: Sequence[bytes], compute: Compute) -> Lookup:
         """Every input's entry, computing only those no cache and no flight has (see the module's docstring)."""
         n = len(keys)
