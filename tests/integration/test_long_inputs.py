@@ -103,8 +103,11 @@ def test_dimensions_and_output_dtype_apply_to_the_pooled_vector(server, chunks, 
     np.testing.assert_array_equal(bits.astype(bool), expected > 0)
 
 
-def test_the_model_setting_chunks_by_default_and_a_request_can_opt_out(minilm_path, chunks):
+def test_the_model_setting_chunks_by_default_shows_in_info_and_a_request_can_opt_out(minilm_path, chunks):
     with run_server(model_settings(minilm_path, chunk_long_inputs=True, chunk_overlap=OVERLAP)) as server:
+        with server.client() as client:
+            info = client.get("/info").json()
+        assert (info["chunk_long_inputs"], info["chunk_overlap"]) == (True, OVERLAP)
         default = post(server, "/v1/embeddings", {"input": LONG, "model": "minilm"})
         opted_out = post(server, "/v1/embeddings", {"input": LONG, "model": "minilm", "chunk": False})
     assert default["usage"]["prompt_tokens"] == sum(map(len, chunks))

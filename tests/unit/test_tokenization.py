@@ -55,3 +55,19 @@ def test_only_small_requests_run_inline(minilm_path):
     assert pool.threads[0] == main
     assert pool.threads[1] != main
     assert pool.threads[2] != main
+
+
+@pytest.mark.parametrize(("overlap", "repeated"), [(0, 0), (3, 3), (100, 7)], ids=["none", "three", "capped"])
+def test_chunks_cover_the_text_in_order_repeating_the_overlap_at_most_half_a_chunk(pool, overlap, repeated):
+    text = " ".join(f"w{i}" for i in range(30))  # more than two chunks of the 14 tokens a 16-token chunk holds
+    content = [token.id for token in asyncio.run(pool.tokens([text], add_special_tokens=False))[0]]
+    plain = asyncio.run(pool.encode(["short"], truncate=False, direction="right")).ids[0]
+    chunks = asyncio.run(pool.encode_chunks([text, "short"], overlap=overlap))
+    assert chunks[1] == [plain]  # within the limit: one chunk, as the plain pipeline tokenizes it
+    assert len(chunks[0]) > 2
+    assert all(len(chunk) <= 16 for chunk in chunks[0])
+    assert all(chunk[0] == plain[0] and chunk[-1] == plain[-1] for chunk in chunks[0])  # [CLS] ... [SEP] each
+    pieces = [chunk[1:-1] for chunk in chunks[0]]
+    for before, after in zip(pieces, pieces[1:], strict=False):
+        assert after[:repeated] == (before[-repeated:] if repeated else [])
+    assert [token for i, piece in enumerate(pieces) for token in piece[(repeated if i else 0) :]] == content

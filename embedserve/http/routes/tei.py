@@ -152,6 +152,8 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         "max_batch_requests": spec.max_batch_requests,
         "max_client_batch_size": spec.max_client_batch_size,
         "auto_truncate": spec.auto_truncate,
+        "chunk_long_inputs": spec.chunk_long_inputs,
+        "chunk_overlap": spec.chunk_overlap,
         "tokenization_workers": spec.resolved_tokenization_workers(),
         "batch_overhead_tokens": round(runtime.batch_overhead_tokens),
         "state": runtime.state.value,
