@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from embedserve import __version__
 from embedserve.core.batching import Batch
 from embedserve.core.embedding_cache import Source
+from embedserve.core.priority import LANES, Priority
 from embedserve.core.runtime import ModelRuntime, Timings
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -83,6 +84,15 @@ class Metrics:
             "embedserve_embedded_tokens", "Real (unpadded) tokens computed.", ["model"], registry=r
         )
         self.queue_size = Gauge("embedserve_queue_size_inputs", "Inputs waiting for a batch.", ["model"], registry=r)
+        self.lane_queue_size = Gauge(
+            "embedserve_priority_queue_size_inputs", "Inputs waiting for a batch, by priority lane.",
+            ["model", "priority"], registry=r,
+        )  # fmt: skip
+        self.lane_requests = Counter(
+            "embedserve_priority_requests", "Requests by priority lane that admission let in (admitted) or refused "
+            "with 429 (refused); refusals from the request head are counted only in embedserve_requests_total.",
+            ["model", "priority", "outcome"], registry=r,
+        )  # fmt: skip
         self.inflight = Gauge(
             "embedserve_inflight_inputs", "Inputs admitted and not yet answered (queued, tokenizing or running).",
             ["model"], registry=r,
@@ -142,6 +152,10 @@ class Metrics:
             self.throughput.labels(runtime.name).set_function(speed)
             self.queue_size.labels(runtime.name).set_function(queued)
             self.inflight.labels(runtime.name).set_function(inflight)
+            for lane in LANES:
+                self.lane_queue_size.labels(runtime.name, lane.value).set_function(
+                    functools.partial(runtime.queued_in, lane)
+                )
             if runtime.cache is not None:  # one cache for every model: hooked up again, to the same collectors
                 runtime.cache.observer = self
                 self.cache_bytes.set_function(functools.partial(getattr, runtime.cache, "held_bytes"))
@@ -159,6 +173,10 @@ class Metrics:
             self.tokenization_seconds.labels(model).observe(timings.tokenization)
             self.queue_seconds.labels(model).observe(timings.queue)
             self.inference_seconds.labels(model).observe(timings.inference)
+
+    def observe_lane(self, model: str, lane: Priority, admitted: bool) -> None:
+        """A request of priority ``lane`` that admission let in, or refused."""
+        self.lane_requests.labels(model, lane.value, "admitted" if admitted else "refused").inc()
 
     def observe_batch(self, model: str, batch: Batch) -> None:
         """One forward pass (called on the backend thread; the client library is thread-safe)."""

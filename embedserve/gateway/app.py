@@ -37,6 +37,7 @@ from embedserve.gateway.proxy import Proxy
 from embedserve.gateway.workers import HEALTH_INTERVAL, Workers
 from embedserve.http.governor import Governor
 from embedserve.http.keys import ANONYMOUS, ApiKeys, read_gateway_token
+from embedserve.http.priority import PRIORITY_HEADER
 from embedserve.http.web import REQUEST_ID_HEADER, error_response, json_response, read_json_body, request_id
 from embedserve.settings import EdgeSettings, ServerSettings
 
@@ -94,19 +95,19 @@ def _within(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
-def _model_and_inputs(body: bytes, default: str) -> tuple[str, int]:
-    """The body's ``model`` (``default`` when absent or unreadable: the worker answers the bad body) and how many
-    inputs it carries, for the log."""
+def _model_and_inputs(body: bytes, default: str) -> tuple[str, int, bool]:
+    """The body's ``model`` (``default`` when absent or unreadable: the worker answers the bad body), how many
+    inputs it carries, for the log, and whether it names its priority lane."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return default, 0
+        return default, 0, False
     if not isinstance(data, dict):
-        return default, 0
+        return default, 0, False
     model = data.get("model")
     inputs = next((data[k] for k in ("inputs", "input", "texts") if k in data), None)
     count = len(inputs) if isinstance(inputs, list) else int(inputs is not None)
-    return (model if isinstance(model, str) and model else default), count
+    return (model if isinstance(model, str) and model else default), count, data.get("priority") is not None
 
 
 async def proxied(request: Request) -> Response:
@@ -119,11 +120,14 @@ async def proxied(request: Request) -> Response:
         identity = kid if ctx.keys.enabled else client_address(request, ctx.trusted_proxies)
         ctx.governor.admit(identity)
         body = await read_json_body(request, ctx.payload_limit, ctx.body_timeout)
-        model, inputs = _model_and_inputs(body, ctx.fleet.models[0].name)
+        model, inputs, names_lane = _model_and_inputs(body, ctx.fleet.models[0].name)
         if ctx.fleet.model(model) is None:
             known = ", ".join(m.name for m in ctx.fleet.models)
             raise ModelNotFoundError(f"model {model!r} is not served here; known: {known}", param="model")
         headers = {**request.headers, REQUEST_ID_HEADER: request_id(request)}
+        lane = ctx.keys.priority(kid)
+        if lane is not None and PRIORITY_HEADER not in request.headers and not names_lane:
+            headers[PRIORITY_HEADER] = lane.value  # the key's default lane, for the worker (it checks no keys)
         answer = await ctx.proxy.forward(model, request.url.path, body, headers)
         worker = answer.worker
         tokens = int(answer.headers.get("x-compute-tokens", "0") or 0)
@@ -248,7 +252,8 @@ def create_gateway(
         middleware.append(
             Middleware(CORSMiddleware, allow_origins=list(spec.cors_allow_origin), allow_methods=["GET", "POST"],
                        allow_headers=["authorization", "content-type", "x-request-id", "traceparent", "tracestate",
-                                      "x-request-timeout-ms", "grpc-timeout"], expose_headers=EXPOSED_HEADERS)
+                                      "x-request-timeout-ms", "grpc-timeout", "x-priority"],
+                       expose_headers=EXPOSED_HEADERS)
         )  # fmt: skip
     routes = [Route(path, proxied, methods=["POST"]) for path in PROXIED]
     routes += [Route("/health", health, methods=["GET"]), Route("/info", info, methods=["GET"]),

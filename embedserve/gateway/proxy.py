@@ -22,7 +22,7 @@ from embedserve.gateway.workers import Workers
 log = logging.getLogger("embedserve.gateway")
 
 FORWARDED_REQUEST_HEADERS = ("content-type", "x-request-id", "traceparent", "tracestate", "x-request-timeout-ms",
-                             "grpc-timeout", "accept")  # fmt: skip
+                             "grpc-timeout", "accept", "x-priority")  # fmt: skip
 """What the gateway passes on to a worker: never the client's Authorization (keys end at the gateway)."""
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
                         "upgrade", "proxy-authenticate", "date", "server"})  # fmt: skip

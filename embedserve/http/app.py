@@ -97,6 +97,7 @@ def create_app(
                     "tracestate",
                     "x-request-timeout-ms",
                     "grpc-timeout",
+                    "x-priority",
                 ],
                 expose_headers=EXPOSED_HEADERS,
             )

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from embedserve.core.priority import Priority
 from embedserve.core.registry import Registry
 from embedserve.core.runtime import Timings
 from embedserve.errors import BackendError, EmbedServeError, HeadersTooLargeError, from_http_status
@@ -216,6 +217,9 @@ def record(request: Request, route: str, status: int, started: float, found: Fac
     ended = time.perf_counter()
     ctx = context(request)
     ctx.metrics.observe_request(route, found.model, status, started, ended, found.timings)
+    lane: Priority | None = getattr(request.state, "priority", None)  # noted with the body of queued work
+    if lane is not None and (found.timings is not None or status == 429):
+        ctx.metrics.observe_lane(found.model, lane, admitted=found.timings is not None)
     rid = request_id(request)
     latency_ms = round((ended - started) * 1000, 2)
     access_log.info(

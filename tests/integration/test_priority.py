@@ -125,8 +125,21 @@ def test_while_low_work_holds_its_share_of_the_slots_low_gets_429_and_higher_lan
                 client.post("/embed", json={"inputs": [f"query {i}" for i in range(4)]}, headers={"X-Priority": "high"})
             )
             await eventually(lambda: server.runtime.admission.in_use == 40)
+            metrics = (await client.get("/metrics")).text
+            assert 'embedserve_priority_queue_size_inputs{model="minilm",priority="high"} 4.0' in metrics
+            for lane in ("low", "normal"):
+                assert (
+                    f'embedserve_priority_requests_total{{model="minilm",outcome="refused",priority="{lane}"}} 1.0'
+                    in metrics
+                )
             model.gate.set()
             assert {(await r).status_code for r in (backfill, normal, high)} == {200}
+            metrics = (await client.get("/metrics")).text
+            for lane in ("high", "normal", "low"):
+                assert (
+                    f'embedserve_priority_requests_total{{model="minilm",outcome="admitted",priority="{lane}"}} 1.0'
+                    in metrics
+                )
 
     with run_server(settings, loader=loader) as server:
         asyncio.run(scenario(server.url))
