@@ -5,7 +5,8 @@ different batches), and the chunk vectors are pooled back into one vector per in
 Pooling: each chunk's vector (after ``dimensions``) is L2-normalized, the input's vector is their mean weighted by
 each chunk's token count, and that mean is normalized again. With ``normalize`` false nothing is normalized: the
 weighted mean of the raw chunk vectors. An input within the limit is one chunk, so its vector is what the plain
-pipeline gives. Usage counts every token computed: the repeated overlap and each chunk's special tokens included.
+pipeline gives. A prompt starts every chunk. Usage counts every token computed: the repeated overlap and each
+chunk's special tokens and prompt included.
 
 The chunks are known only after tokenizing, so a chunked request is tokenized before admission (on the pool), and
 then admitted with one slot per chunk. It does not go through the embedding cache. Core layer: plain values only.
@@ -57,7 +58,14 @@ async def embed_chunked(
             f"`dimensions` {dimensions} is larger than the model's {info.dim} dimensions", param="dimensions"
         )
     texts = runtime.texts(inputs, prompt_name)
-    pieces = await tokenizers.encode_chunks(texts, overlap=runtime.spec.chunk_overlap, param=param)
+    # The prompt (the request's or the model's default, lower-cased with the text where the model says so) starts
+    # every chunk: the pool gets it apart from the texts.
+    prefix = runtime.texts([""], prompt_name)[0]
+    if prefix and all(text.startswith(prefix) for text in texts):
+        texts = [text[len(prefix) :] for text in texts]
+    else:
+        prefix = ""
+    pieces = await tokenizers.encode_chunks(texts, overlap=runtime.spec.chunk_overlap, prefix=prefix, param=param)
     flat = [ids for chunks in pieces for ids in chunks]
     if len(flat) > runtime.spec.max_concurrent_requests:
         raise ValidationError(
@@ -66,8 +74,8 @@ async def embed_chunked(
             param=param,
         )
     # Admission estimates each entry's tokens from its characters: an input's characters, shared by its chunks.
-    characters = [len(text) * len(ids) // sum(map(len, chunks)) for text, chunks in zip(texts, pieces, strict=True)
-                  for ids in chunks]  # fmt: skip
+    characters = [(len(prefix) + len(text)) * len(ids) // sum(map(len, chunks))
+                  for text, chunks in zip(texts, pieces, strict=True) for ids in chunks]  # fmt: skip
 
     async def encode(pool: TokenizerPool, inline: bool) -> Encoded:
         return Encoded(flat)

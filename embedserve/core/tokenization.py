@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from embedserve.errors import ValidationError
 
@@ -133,27 +133,45 @@ class TokenizerPool:
             result.append(ids)
         return Encoded(result)
 
-    async def encode_chunks(self, texts: list[str], *, overlap: int, param: str = "inputs") -> list[list[list[int]]]:
-        """Each text as one or more chunks of token ids, each with the special tokens: a text within the model's
-        limit is one chunk; a longer one is cut on token boundaries into chunks of the limit, each starting
-        ``overlap`` tokens (at most half a chunk) before the previous one ends; the last may be shorter."""
+    async def encode_chunks(
+        self, texts: list[str], *, overlap: int, prefix: str = "", param: str = "inputs"
+    ) -> list[list[list[int]]]:
+        """Each ``prefix + text`` as one or more chunks of token ids, each with the special tokens. One within the
+        model's limit is one chunk, tokenized as :meth:`encode` does. A longer one is cut on token boundaries into
+        chunks of the limit, each starting ``overlap`` tokens (at most half a chunk) before the previous one ends
+        (the last may be shorter), and ``prefix`` (a prompt) starts every chunk, not only the first."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.encode_chunks_sync, texts, overlap, param)
+        return await loop.run_in_executor(self._executor, self.encode_chunks_sync, texts, overlap, prefix, param)
 
-    def encode_chunks_sync(self, texts: list[str], overlap: int, param: str) -> list[list[list[int]]]:
+    def encode_chunks_sync(self, texts: list[str], overlap: int, prefix: str, param: str) -> list[list[list[int]]]:
         """The blocking body of :meth:`encode_chunks`; runs on a worker thread."""
         tokenizer = self._tokenizer()
         room = self.max_input_length - self._special_tokens
+        head = tokenizer.encode(prefix, add_special_tokens=False) if prefix else None
+        body_room = room - (len(head) if head is not None else 0)
         result: list[list[list[int]]] = []
-        for i, encoding in enumerate(tokenizer.encode_batch(texts, add_special_tokens=False)):
-            if len(encoding) > room:
-                # The rest goes to encoding.overflowing, window after window, each repeating the last `stride`
-                # tokens of the one before; post_process gives every window its special tokens.
-                encoding.truncate(room, stride=min(overlap, room // 2), direction="right")
-            processed = tokenizer.post_process(encoding)
-            if not processed.ids:
-                raise ValidationError(f"`{param}[{i}]` has no tokens after tokenization", param=param)
-            result.append([processed.ids, *(piece.ids for piece in processed.overflowing)])
+        for i, text in enumerate(texts):
+            whole = tokenizer.encode(prefix + text, add_special_tokens=False)
+            if len(whole) <= room:
+                ids = tokenizer.post_process(whole).ids
+                if not ids:
+                    raise ValidationError(f"`{param}[{i}]` has no tokens after tokenization", param=param)
+                result.append([ids])
+                continue
+            if head is not None and len(head) > room // 2:
+                raise ValidationError(
+                    f"the prompt is {len(head)} tokens long, more than half of a chunk ({room // 2}); `{param}[{i}]` "
+                    "is too long to chunk with it",
+                    param="prompt_name",
+                )
+            body = tokenizer.encode(text, add_special_tokens=False)
+            # The rest goes to body.overflowing, window after window, each repeating the last `stride` tokens of the
+            # one before; each window gets the prompt's tokens in front and, from post_process, the special tokens.
+            body.truncate(body_room, stride=min(overlap, body_room // 2), direction="right")
+            windows = [body, *body.overflowing]
+            if head is not None:
+                windows = [Encoding.merge([head, window], growing_offsets=True) for window in windows]
+            result.append([tokenizer.post_process(window).ids for window in windows])
         return result
 
     async def encode_pairs(

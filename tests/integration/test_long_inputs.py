@@ -30,17 +30,23 @@ def server(minilm_path: Path) -> Iterator[RunningServer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def chunks(minilm_path: Path) -> list[list[int]]:
+def make_chunks(minilm_path: Path, prompt: str = "") -> list[list[int]]:
     """LONG's chunks as the README describes them, made here from the tokenizer alone: windows of the limit less
-    [CLS] and [SEP], each starting OVERLAP tokens before the previous one ends."""
+    [CLS], [SEP] and the prompt, each starting OVERLAP tokens before the previous one ends, the prompt in front."""
     tokenizer = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
     tokenizer.no_truncation()
+    tokenizer.no_padding()
     ids = tokenizer.encode(LONG, add_special_tokens=False).ids
-    room = LIMIT - 2
+    head = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
+    room = LIMIT - 2 - len(head)
     starts = range(0, len(ids) - OVERLAP, room - OVERLAP)
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    return [[cls, *ids[start : start + room], sep] for start in starts]
+    return [[cls, *head, *ids[start : start + room], sep] for start in starts]
+
+
+@pytest.fixture(scope="module")
+def chunks(minilm_path: Path) -> list[list[int]]:
+    return make_chunks(minilm_path)
 
 
 def alone(reference_model, chunk: list[int]) -> np.ndarray:
@@ -112,3 +118,13 @@ def test_the_model_setting_chunks_by_default_shows_in_info_and_a_request_can_opt
         opted_out = post(server, "/v1/embeddings", {"input": LONG, "model": "minilm", "chunk": False})
     assert default["usage"]["prompt_tokens"] == sum(map(len, chunks))
     assert opted_out["usage"]["prompt_tokens"] == LIMIT
+
+
+def test_a_prompt_starts_every_chunk(minilm_path, reference_model):
+    chunks = make_chunks(minilm_path, "passage: ")
+    settings = model_settings(minilm_path, default_prompt="passage: ", chunk_overlap=OVERLAP)
+    with run_server(settings) as server:
+        answer = post(server, "/v1/embeddings", {"input": LONG, "model": "minilm", "return_chunks": True})
+    each = np.stack([alone(reference_model, chunk) for chunk in chunks])
+    np.testing.assert_allclose(answer["data"][0]["embedding"], each, atol=1e-5)
+    assert answer["usage"]["prompt_tokens"] == sum(map(len, chunks))

@@ -71,3 +71,16 @@ def test_chunks_cover_the_text_in_order_repeating_the_overlap_at_most_half_a_chu
     for before, after in zip(pieces, pieces[1:], strict=False):
         assert after[:repeated] == (before[-repeated:] if repeated else [])
     assert [token for i, piece in enumerate(pieces) for token in piece[(repeated if i else 0) :]] == content
+
+
+def test_a_prompt_starts_every_chunk_and_one_over_half_a_chunk_is_refused(pool):
+    text = " ".join(f"w{i}" for i in range(30))
+    prompt = asyncio.run(pool.tokens(["query: "], add_special_tokens=False))[0]
+    chunks = asyncio.run(pool.encode_chunks([text], overlap=2, prefix="query: "))[0]
+    assert len(chunks) > 2
+    assert all(chunk[1 : 1 + len(prompt)] == [token.id for token in prompt] for chunk in chunks)
+    long_prompt = "a b c d e f g h "
+    assert len(asyncio.run(pool.encode_chunks(["short"], overlap=2, prefix=long_prompt))[0]) == 1  # fits: no chunks
+    with pytest.raises(ValidationError, match="more than half of a chunk") as refused:
+        asyncio.run(pool.encode_chunks([text], overlap=2, prefix=long_prompt))
+    assert refused.value.param == "prompt_name"
