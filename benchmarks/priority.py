@@ -1,0 +1,185 @@
+"""Priority lanes under a flood (issue 13): a high-priority request's latency while bulk low-priority work saturates
+the model, against its idle latency.
+
+``python -m benchmarks.priority [--seconds S] [--flood-clients N] [--out DIR]`` starts one embedserve server (default
+flags, all-MiniLM-L6-v2) and measures a prober that sends one short query at a time, 50 ms apart:
+
+* idle: nothing else runs;
+* ``high under low flood``: the prober sends ``X-Priority: high`` while ``--flood-clients`` closed-loop clients send
+  batches of 32 mixed texts with ``"priority": "low"`` (a refused one retries after 5 ms), the issue's case;
+* ``normal under normal flood``: the same with every request in the default lane, i.e. what the prober would see
+  without lanes.
+
+The flood runs in its own process, so the prober's timings do not share an event loop with it (they share the
+machine's cores with the server, as a client on the same host would). Writes ``priority.json`` and ``priority.md``
+with the hardware; the target is the issue's: under the low flood the high prober's p50 and p99 stay within 2x its
+idle ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.cli import DEFAULT_OUT, default_model
+from benchmarks.runner import hardware
+from benchmarks.servers import HOST, embedserve_spec, free_port, running
+from benchmarks.texts import make_texts
+
+TARGET_RATIO = 2.0
+PROBE_GAP_S = 0.05
+FLOOD_BATCH = 32
+QUERY = "what is the capital of france?"
+
+
+def _flood(url: str, lane: str, clients: int, stop: Event, out: Any) -> None:
+    """Closed-loop clients posting batches of mixed texts in ``lane`` until ``stop``; puts (ok, refused) on ``out``."""
+    texts = make_texts("mixed", 4000, 13)
+
+    async def run() -> tuple[int, int]:
+        ok = refused = 0
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=clients)) as client:
+
+            async def worker(offset: int) -> None:
+                nonlocal ok, refused
+                i = offset
+                while not stop.is_set():
+                    batch = [texts[(i + k) % len(texts)] for k in range(FLOOD_BATCH)]
+                    i += FLOOD_BATCH * clients
+                    response = await client.post("/embed", json={"inputs": batch, "priority": lane})
+                    if response.status_code == 200:
+                        ok += 1
+                    else:
+                        refused += 1
+                        await asyncio.sleep(0.005)
+
+            await asyncio.gather(*(worker(c * FLOOD_BATCH) for c in range(clients)))
+        return ok, refused
+
+    out.put(asyncio.run(run()))
+
+
+def _probe(client: httpx.Client, lane: str, seconds: float) -> dict[str, float]:
+    """One short query at a time, ``PROBE_GAP_S`` apart, for ``seconds``: latencies of the answered ones (ms), and
+    how many were refused (429: the prober in the default lane is, under a flood of the default lane)."""
+    latencies = []
+    refused = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        response = client.post("/embed", json={"inputs": QUERY}, headers={"X-Priority": lane})
+        elapsed = (time.perf_counter() - t0) * 1000
+        if response.status_code == 200:
+            latencies.append(elapsed)
+        elif response.status_code == 429:
+            refused += 1
+        else:
+            raise RuntimeError(f"the {lane} prober got {response.status_code}: {response.text[:200]}")
+        time.sleep(PROBE_GAP_S)
+    ordered = sorted(latencies) or [float("nan")]
+    return {"requests": len(latencies), "refused": refused, "p50_ms": statistics.median(ordered),
+            "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}  # fmt: skip
+
+
+def measure(model: Path, seconds: float, clients: int, out: Path) -> dict[str, Any]:
+    """Idle, then each flood cell, against one server."""
+    spec = embedserve_spec(model, free_port(), [])
+    url = f"http://{HOST}:{spec.port}"
+    context = multiprocessing.get_context("spawn")
+    cells: dict[str, Any] = {}
+    with running(spec, out / "server-logs.tmp" / "priority.log"), httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(20):  # warm the server and the connection
+            client.post("/embed", json={"inputs": QUERY})
+        cells["idle"] = _probe(client, "high", seconds)
+        for name, flood_lane, probe_lane in (("high under low flood", "low", "high"),
+                                             ("normal under normal flood", "normal", "normal")):  # fmt: skip
+            stop, results = context.Event(), context.Queue()
+            flood = context.Process(target=_flood, args=(url, flood_lane, clients, stop, results))
+            flood.start()
+            time.sleep(3.0)  # the flood fills the queue first
+            probed = _probe(client, probe_lane, seconds)
+            stop.set()
+            ok, refused = results.get(timeout=120)
+            flood.join(60)
+            cells[name] = probed | {"flood_ok": ok, "flood_refused": refused}
+            sys.stdout.write(f"{name}: p50 {probed['p50_ms']:.1f} ms, p99 {probed['p99_ms']:.1f} ms, "
+                             f"{probed['refused']:.0f} refused; flood {ok} batches served, {refused} "
+                             "refused\n")  # fmt: skip
+    idle = cells["idle"]
+    sys.stdout.write(f"idle: p50 {idle['p50_ms']:.1f} ms, p99 {idle['p99_ms']:.1f} ms\n")
+    return cells
+
+
+def report(results: dict[str, Any]) -> str:
+    """priority.md's text."""
+    hw, cells = results["hardware"], results["cells"]
+    idle, high, normal = cells["idle"], cells["high under low flood"], cells["normal under normal flood"]
+    lines = [
+        "# Priority lanes under a flood",
+        "",
+        f"- date: {results['date']}, command: `{results['command']}`",
+        f"- hardware: {hw['cpu_model']}, {hw['logical_cores']} logical cores, {hw['ram_gib']} GiB RAM; server, flood "
+        "and prober on the same cores",
+        f"- one embedserve server (default flags, all-MiniLM-L6-v2); a prober sends one short query at a time, "
+        f"{PROBE_GAP_S * 1000:.0f} ms apart, for {results['seconds']:g} s per cell; the flood is "
+        f"{results['flood_clients']} closed-loop clients of {FLOOD_BATCH} mixed texts each, in its own process",
+        "",
+        "| target | measured | required | result |",
+        "|---|---|---|---|",
+    ]
+    for stat in ("p50_ms", "p99_ms"):
+        ratio = high[stat] / idle[stat]
+        lines.append(
+            f"| high prober under a low flood, {stat[:3]} vs idle | {ratio:.2f}x ({idle[stat]:.1f} -> "
+            f"{high[stat]:.1f} ms) | <= {TARGET_RATIO:g}x | {'met' if ratio <= TARGET_RATIO else '**not met**'} |"
+        )
+    lines += [
+        "",
+        "| cell | prober answered | prober refused (429) | p50 ms | p99 ms | flood batches served | flood refused |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cell in cells.items():
+        lines.append(f"| {name} | {cell['requests']} | {cell['refused']} | {cell['p50_ms']:.1f} | "
+                     f"{cell['p99_ms']:.1f} | "
+                     f"{cell.get('flood_ok', '-')} | {cell.get('flood_refused', '-')} |")  # fmt: skip
+    lines += [
+        "",
+        "Without lanes (`normal under normal flood`) the same prober's p50 is "
+        f"{normal['p50_ms'] / idle['p50_ms']:.1f}x its idle one and {normal['refused']} of its "
+        f"{normal['refused'] + normal['requests']} queries are refused. A running batch is never interrupted, so a "
+        "high query waits for at most the batch in progress plus its own.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.priority", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="prober seconds per cell (default 20)")
+    parser.add_argument("--flood-clients", type=int, default=8, help="closed-loop flood clients (default 8)")
+    parser.add_argument("--model", type=Path, default=None, help="local model directory (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    cells = measure((args.model or default_model()).resolve(), args.seconds, args.flood_clients, out)
+    command = "python -m benchmarks.priority " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"date": datetime.date.today().isoformat(), "command": command.strip(), "seconds": args.seconds,
+               "flood_clients": args.flood_clients, "hardware": hardware(), "cells": cells}  # fmt: skip
+    (out / "priority.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "priority.md").write_text(report(results))
+    sys.stdout.write(f"wrote {out / 'priority.md'}\n")
+
+
+if __name__ == "__main__":
+    main()
