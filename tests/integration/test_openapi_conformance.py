@@ -6,6 +6,7 @@ accepted and invalid ones refused with a 4xx; 405 with ``Allow`` for undocumente
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,4 +49,5 @@ def test_the_live_server_answers_as_its_openapi_document_says(
             env={**os.environ, "NO_COLOR": "1"},
         )  # fmt: skip
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
-    assert "0 generated" not in run.stdout
+    # schemathesis prints "N generated" per phase; a phase that generated nothing tested nothing.
+    assert not re.search(r"(?<![\d,])0 generated", run.stdout), run.stdout[-5000:]
