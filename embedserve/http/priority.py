@@ -30,6 +30,8 @@ _NAMES = ", ".join(repr(lane.value) for lane in Priority)
 
 def parse_priority(value: Any, where: str, param: str) -> Priority:
     """A lane name or a vLLM-style integer as a lane; 422 naming ``where`` otherwise."""
+    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 1.0 is JSON Schema's integer 1
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return Priority.HIGH if value < 0 else Priority.NORMAL if value == 0 else Priority.LOW
     if isinstance(value, str):

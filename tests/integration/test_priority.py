@@ -6,6 +6,7 @@ A gate holds the forward pass (the only fake: it controls timing), so the queue 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -174,3 +175,36 @@ def test_a_high_request_is_admitted_past_a_queue_that_refuses_lower_lanes_by_pre
 
     with run_server(settings, loader=loader) as server:
         asyncio.run(scenario(server.url))
+
+
+def test_the_gateway_forwards_the_lane_and_sends_the_keys_default_when_the_request_names_none(minilm_path, tmp_path):
+    from starlette.testclient import TestClient
+
+    from embedserve.fleet import parse_fleet
+    from embedserve.gateway.app import create_gateway
+
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}\n{BULK_KEY} priority=low\n")
+    interactive, bulk = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer {BULK_KEY}"}
+    with run_server(model_settings(minilm_path)) as worker:
+        models = [{"name": "minilm", "model_id": str(minilm_path), "urls": [worker.url]}]
+        fleet = parse_fleet({"gateway": {"api_key_file": str(keys), "rate_limit_rps": 0}, "models": models})
+        with TestClient(create_gateway(fleet, environ={})) as gateway:
+            for _ in range(600):
+                if gateway.get("/health").status_code == 200:
+                    break
+                time.sleep(0.05)
+            sent = [
+                gateway.post("/embed", json={"inputs": "backfill row"}, headers=bulk),  # the key's default: low
+                gateway.post("/embed", json={"inputs": "urgent", "priority": "high"}, headers=bulk),  # the body's
+                gateway.post("/embed", json={"inputs": "a query"}, headers={**interactive, "X-Priority": "high"}),
+                gateway.post("/embed", json={"inputs": "a query"}, headers=interactive),  # no default: normal
+            ]
+            assert [r.status_code for r in sent] == [200] * 4
+        with worker.client() as client:
+            metrics = client.get("/metrics").text
+    for lane, count in (("low", 1), ("high", 2), ("normal", 1)):
+        assert (
+            f'embedserve_priority_requests_total{{model="minilm",outcome="admitted",priority="{lane}"}} {count}.0'
+            in (metrics)
+        ), lane
