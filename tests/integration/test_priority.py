@@ -104,6 +104,8 @@ def test_a_malformed_priority_gets_422_naming_where_it_came_from(minilm_server):
         assert "`priority`" in rerank.json()["error"]  # but the body is checked before the model)
         assert client.post("/embed", json={"inputs": "hi", "priority": "LOW"}).status_code == 200
         assert client.post("/embed", json={"inputs": "hi", "priority": 3}).status_code == 200
+        info = client.get("/info").json()
+        assert (info["priority_reserve"], info["low_priority_share"]) == (0.1, 0.5)  # each lane's share, as admitted
 
 
 def test_while_low_work_holds_its_share_of_the_slots_low_gets_429_and_higher_lanes_get_in(minilm_path):
