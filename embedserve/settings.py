@@ -126,7 +126,6 @@ class ServerSettings:
             "less."
         ),
     )
-
     image_max_bytes: int = field(
         default=10_000_000,
         metadata=opt("Largest image input in bytes, inline (after base64) or fetched; larger ones get 413. A fetch "
