@@ -28,8 +28,9 @@ from embedserve.http.priority import PRIORITY_HEADER, parse_priority
 from embedserve.http.web import REQUEST_ID_HEADER, is_openai_path
 
 QUEUED_ROUTES = frozenset(
-    {"/embed", "/embed_sparse", "/v1/embeddings", "/embeddings", "/rerank", "/v1/rerank", "/predict"}
-)
+    {"/", "/embed", "/embed_sparse", "/similarity", "/v1/embeddings", "/embeddings", "/rerank", "/v1/rerank",
+     "/v2/rerank", "/predict"}
+)  # fmt: skip
 """The POST routes whose work goes through a model's batch queue (the ones the predicted wait is about)."""
 
 
