@@ -124,7 +124,7 @@ def require(command: str, *modules: str) -> None:
     say it halfway through a run)."""
     missing = [module for module in modules if importlib.util.find_spec(module) is None]
     if missing:
-        raise SystemExit(f"python -m benchmarks {command} needs {', '.join(missing)} (the bench extra): {BENCH_EXTRA}")
+        raise SystemExit(f"{command} needs {', '.join(missing)} (the bench extra): {BENCH_EXTRA}")
 
 
 def needs(args: argparse.Namespace) -> tuple[str, ...]:
@@ -142,7 +142,7 @@ def needs(args: argparse.Namespace) -> tuple[str, ...]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m benchmarks``."""
     args = build_parser().parse_args(argv)
-    require(args.command, *needs(args))
+    require(f"python -m benchmarks {args.command}", *needs(args))
     if args.command == "make-bge-large-shape":
         from benchmarks.make_model import make_bge_large_shape
 

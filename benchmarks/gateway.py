@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.cli import DEFAULT_OUT, default_model
+from benchmarks.cli import DEFAULT_OUT, default_model, require
 from benchmarks.loadgen import LoadSpec, build_request, run_worker
 from benchmarks.runner import hardware
 from benchmarks.servers import HOST, free_port
@@ -148,12 +148,13 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gateway", description=__doc__)
     parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per cell (default 15)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every cell on both paths (default 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default benchmarks/results)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    require("python -m benchmarks.gateway", "psutil")
     with tempfile.TemporaryDirectory(prefix="embedserve-gateway-bench-") as work:
         cells = measure(args.seconds, args.rounds, Path(work))
     results = {

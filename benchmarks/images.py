@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import servers
+from benchmarks.cli import require
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -135,14 +136,15 @@ async def load(port: int, images: list[bytes], batch: int, clients: int, seconds
     return {"images_per_s": done / elapsed, "p50_ms": float(np.median(latencies) * 1000), "errors": errors}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.images", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a local CLIP-style model directory (default: a tiny random one)")
     parser.add_argument("--batch", type=int, default=16, help="images per request and per ceiling batch")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="pixels per side of the generated JPEGs")
     parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    require("python -m benchmarks.images", "psutil")
     with tempfile.TemporaryDirectory(prefix="embedserve-bench-clip-") as tmp:
         model_dir = args.model or tiny_clip(Path(tmp) / "clip")
         images = small_images(4 * args.batch, args.side)

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.cli import DEFAULT_OUT, default_model
+from benchmarks.cli import DEFAULT_OUT, default_model, require
 from benchmarks.runner import hardware
 from benchmarks.servers import HOST, embedserve_spec, free_port, running
 from benchmarks.texts import make_texts
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="local model directory (default: all-MiniLM-L6-v2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
+    require("python -m benchmarks.priority", "psutil")
     out = args.out.resolve()
     cells = measure((args.model or default_model()).resolve(), args.seconds, args.flood_clients, out)
     command = "python -m benchmarks.priority " + " ".join(sys.argv[1:] if argv is None else argv)

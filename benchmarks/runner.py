@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+try:
+    import psutil
+except ModuleNotFoundError:  # the bench extra is missing; every command checks with benchmarks.cli.require first
+    psutil = None
 
 from benchmarks import references, report, servers, stages, variants
 from benchmarks.launch import Target, started

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+try:
+    import psutil
+except ModuleNotFoundError:  # the bench extra is missing; every command checks with benchmarks.cli.require first
+    psutil = None
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
