@@ -12,8 +12,9 @@
 ``python -m benchmarks.cache hit-rates`` sends closed-loop traffic in which 0%, 50% and 95% of the inputs repeat
 earlier ones and reports inputs per second and the median request latency for each (``--seconds`` per rate).
 
-Both print a small table and write JSON with ``--out``. Run them on an otherwise idle machine: every figure here is
-a timing.
+Both print a small table and write ``cache_miss_cost`` or ``cache_hit_rates`` ``.json``, ``.md`` (with the hardware
+and the date) and ``.png`` into ``--out`` (default ``benchmarks/results``); ``--report-only`` re-renders the .md and
+.png from the .json. Run them on an otherwise idle machine: every figure here is a timing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import random
 import socket
@@ -36,6 +38,8 @@ import httpx
 import numpy as np
 import uvicorn
 
+from benchmarks.cli import DEFAULT_OUT, require
+from benchmarks.report import figure, machine_line, md_table, num, write_standalone
 from embedserve.core.cache import Entry, LocalCache, input_key
 from embedserve.core.embedding_cache import EmbeddingCache
 from embedserve.http.app import create_app
@@ -180,7 +184,65 @@ async def _closed_loop(url: str, rate: float, seconds: float, concurrency: int, 
     return {"inputs_per_second": done / elapsed, "p50_ms": statistics.median(latencies) * 1e3}
 
 
-def main() -> None:
+def markdown(results: dict[str, Any]) -> str:
+    """cache_miss_cost.md's or cache_hit_rates.md's text."""
+    lines = [
+        "# The embedding cache: " + ("its cost on a miss" if "end_to_end" in results else "inputs/s per hit rate"),
+        "",
+        f"- date: {results['date']}, command: `{results['command']}`",
+        f"- hardware: {machine_line(results['hardware'])}; servers (in this process) and clients on the same cores",
+        f"- model: {results['model']}, engine {results['engine']}",
+        "",
+    ]
+    if "end_to_end" in results:
+        lines += [
+            f"Cache work per missed input, in process: {num(results['lookup']['us_per_input'])} us "
+            f"({results['lookup']['inputs']} inputs).",
+            "",
+            *md_table(
+                ["new inputs per request", "requests", "p50 cache on (ms)", "p50 cache off (ms)", "difference (ms)"],
+                [[str(r["inputs"]), str(r["requests"]), num(r["p50_on_ms"], 2), num(r["p50_off_ms"], 2),
+                  num(r["difference_ms"], 2)] for r in results["end_to_end"]],
+            ),
+        ]  # fmt: skip
+    else:
+        lines += [
+            f"{results['concurrency']} closed-loop clients, {results['inputs']} inputs per request, "
+            f"{results['seconds']:g} s per hit rate.",
+            "",
+            *md_table(
+                ["repeated inputs", "inputs/s", "p50 (ms)"],
+                [
+                    [f"{r['hit_rate']:.0%}", num(r["inputs_per_second"], 0), num(r["p50_ms"])]
+                    for r in results["hit_rates"]
+                ],
+            ),
+        ]
+    stem = "cache_miss_cost" if "end_to_end" in results else "cache_hit_rates"
+    return "\n".join([*lines, "", f"![plot]({stem}.png)", ""])
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Miss cost: p50 with the cache on and off per request size. Hit rates: inputs/s and p50 per hit rate."""
+    with figure(path, cols=2, size=(10, 4)) as axes:
+        left, right = axes[0]
+        if "end_to_end" in results:
+            for ax, row in zip((left, right), results["end_to_end"], strict=False):
+                bars = ax.bar(["cache on", "cache off"], [row["p50_on_ms"] or 0.0, row["p50_off_ms"] or 0.0],
+                              color=["tab:blue", "tab:gray"])  # fmt: skip
+                ax.bar_label(bars, fmt="%.2f", fontsize=8)
+                ax.set_ylabel("p50 latency (ms)")
+                ax.set_title(f"{row['inputs']} never-seen inputs per request")
+        else:
+            labels = [f"{r['hit_rate']:.0%}" for r in results["hit_rates"]]
+            for ax, key, label in ((left, "inputs_per_second", "inputs/s"), (right, "p50_ms", "p50 latency (ms)")):
+                bars = ax.bar(labels, [r[key] or 0.0 for r in results["hit_rates"]], color="tab:blue")
+                ax.bar_label(bars, fmt="%.0f" if key == "inputs_per_second" else "%.1f", fontsize=8)
+                ax.set_xlabel("repeated inputs")
+                ax.set_ylabel(label)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["miss-cost", "hit-rates"])
     parser.add_argument("--model-id", default=None, help="model to serve (default: the bundled all-MiniLM-L6-v2)")
@@ -189,8 +251,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="hit-rates: seconds per hit rate")
     parser.add_argument("--concurrency", type=int, default=8, help="hit-rates: clients sending at once")
     parser.add_argument("--inputs", type=int, default=8, help="hit-rates: inputs per request")
-    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument("--report-only", action="store_true", help="re-render the .md and .png from the .json")
+    args = parser.parse_args(argv)
+    require("python -m benchmarks.cache", *(() if args.report_only else ("psutil",)), "matplotlib")
+    out, stem = args.out.resolve(), f"cache_{args.what.replace('-', '_')}"
+    if args.report_only:
+        result = json.loads((out / f"{stem}.json").read_text())
+        sys.stdout.write(f"wrote {write_standalone(out, stem, result, markdown, plot)}\n")
+        return
+    from benchmarks.runner import hardware
+
     model = ModelSettings(engine=args.engine, **({"model_id": args.model_id} if args.model_id else {}))
     result: dict[str, Any]
     if args.what == "miss-cost":
@@ -205,8 +276,12 @@ def main() -> None:
             sys.stdout.write(
                 f"{row['hit_rate']:>4.0%} hits: {row['inputs_per_second']:.0f} inputs/s, p50 {row['p50_ms']:.1f} ms\n"
             )
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    command = "python -m benchmarks.cache " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "command": command.strip(),
+              "hardware": hardware(), "model": model.model_id, "engine": args.engine}  # fmt: skip
+    if args.what == "hit-rates":
+        header |= {"seconds": args.seconds, "concurrency": args.concurrency, "inputs": args.inputs}
+    sys.stdout.write(f"wrote {write_standalone(out, stem, header | result, markdown, plot)}\n")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ of the same model, on batches of small images.
 
 Without ``--model`` a small random-weight CLIP (ViT with 32x32 patches of 224x224 images, 4 layers) is built with
 ``save_pretrained`` next to the bundled MiniLM tokenizer: no download. A real checkpoint (e.g. a local copy of
-openai/clip-vit-base-patch32) can be given with ``--model``. Prints one JSON object and writes it to
-``benchmarks/results/images.json``.
+openai/clip-vit-base-patch32) can be given with ``--model``. Writes ``images.json``, ``images.md`` (with the hardware
+and the date) and ``images.png`` (images/s served against the in-process ceilings) into ``--out`` (default
+``benchmarks/results``); ``--report-only`` re-renders the last two from the JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime
 import io
 import json
 import shutil
@@ -32,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import servers
-from benchmarks.cli import require
+from benchmarks.cli import DEFAULT_OUT, require
+from benchmarks.report import figure, machine_line, num, write_standalone
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -136,6 +139,44 @@ async def load(port: int, images: list[bytes], batch: int, clients: int, seconds
     return {"images_per_s": done / elapsed, "p50_ms": float(np.median(latencies) * 1000), "errors": errors}
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """images.md's text."""
+    rows = (
+        ("ceiling, forward pass only", results["ceiling_forward_only_images_per_s"]),
+        ("ceiling, decode + preprocess + forward", results["ceiling_with_preprocessing_images_per_s"]),
+        (f"embedserve, {results['clients']} clients", results["embedserve_images_per_s"]),
+    )
+    return "\n".join([
+        "# Images per second: embedserve against the in-process ceiling",
+        "",
+        f"- date: {results['date']}, command: `{results['command']}`",
+        f"- hardware: {machine_line(results['hardware'])}; server and clients on the same cores",
+        f"- model: {results['model']}; {results['batch']} JPEGs of {results['image_side']}x{results['image_side']} "
+        "pixels per request and per ceiling batch; float32, torch",
+        "",
+        "| what | images/s |",
+        "|---|---|",
+        *(f"| {name} | {num(value)} |" for name, value in rows),
+        "",
+        f"embedserve: p50 {num(results['embedserve_p50_ms'])} ms per request, {results['embedserve_errors']} errors, "
+        f"{num(results['ratio_to_ceiling_with_preprocessing'], 3)}x the ceiling with preprocessing.",
+        "",
+        "![images/s served against the ceilings](images.png)",
+        "",
+    ])  # fmt: skip
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """images.png: images/s of embedserve next to the two in-process ceilings."""
+    names = ["ceiling\nforward only", "ceiling\nwith preprocessing", f"embedserve\n{results['clients']} clients"]
+    keys = ("ceiling_forward_only_images_per_s", "ceiling_with_preprocessing_images_per_s", "embedserve_images_per_s")
+    with figure(path, size=(6, 4)) as ax:
+        bars = ax.bar(names, [results[k] or 0.0 for k in keys], color=["tab:gray", "tab:green", "tab:blue"])
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.set_ylabel("images/s")
+        ax.set_title(f"batches of {results['batch']} images of {results['image_side']} px")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.images", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="a local CLIP-style model directory (default: a tiny random one)")
@@ -143,8 +184,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--side", type=int, default=64, help="pixels per side of the generated JPEGs")
     parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-render images.md and images.png from images.json"
+    )
     args = parser.parse_args(argv)
-    require("python -m benchmarks.images", "psutil")
+    require("python -m benchmarks.images", *(() if args.report_only else ("psutil",)), "matplotlib")
+    out_dir = args.out.resolve()
+    if args.report_only:
+        results = json.loads((out_dir / "images.json").read_text())
+        sys.stdout.write(f"wrote {write_standalone(out_dir, 'images', results, markdown, plot)}\n")
+        return
+    from benchmarks.runner import hardware
+
     with tempfile.TemporaryDirectory(prefix="embedserve-bench-clip-") as tmp:
         model_dir = args.model or tiny_clip(Path(tmp) / "clip")
         images = small_images(4 * args.batch, args.side)
@@ -152,11 +204,14 @@ def main(argv: list[str] | None = None) -> None:
         port = servers.free_port()
         flags = ["--kind", "multimodal", "--engine", "torch", "--dtype", "float32", "--max-queue-time", "30"]
         spec = servers.embedserve_spec(model_dir, port, flags)
-        log = servers.BENCH_DIR / "results" / "images-server.log"
+        log = out_dir / "server-logs.tmp" / "images.log"
         with servers.running(spec, log):
             asyncio.run(load(port, images, args.batch, 1, 2.0))  # warm-up
             served = asyncio.run(load(port, images, args.batch, args.clients, args.seconds))
+    command = "python -m benchmarks.images " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "command": command.strip(),
+        "hardware": hardware(),
         "model": str(args.model or "tiny random CLIP (224x224, patch 32, 4+4 layers, width 256)"),
         "batch": args.batch, "clients": args.clients, "image_side": args.side,
         "ceiling_forward_only_images_per_s": round(reference["forward_only"], 1),
@@ -165,10 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         "embedserve_p50_ms": round(served["p50_ms"], 1), "embedserve_errors": served["errors"],
         "ratio_to_ceiling_with_preprocessing": round(served["images_per_s"] / reference["with_preprocessing"], 3),
     }  # fmt: skip
-    out = servers.BENCH_DIR / "results" / "images.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    sys.stdout.write(f"wrote {write_standalone(out_dir, 'images', report, markdown, plot)}\n")
 
 
 if __name__ == "__main__":

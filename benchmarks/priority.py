@@ -11,9 +11,10 @@ flags, all-MiniLM-L6-v2) and measures a prober that sends one short query at a t
   without lanes.
 
 The flood runs in its own process, so the prober's timings do not share an event loop with it (they share the
-machine's cores with the server, as a client on the same host would). Writes ``priority.json`` and ``priority.md``
-with the hardware; the target is the issue's: under the low flood the high prober's p50 and p99 stay within 2x its
-idle ones.
+machine's cores with the server, as a client on the same host would). Writes ``priority.json``, ``priority.md`` (with
+the hardware and the date) and ``priority.png`` (p50 and p99 per cell); ``--report-only`` re-renders the last two
+from the JSON. The target is the issue's: under the low flood the high prober's p50 and p99 stay within 2x its idle
+ones.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import httpx
 
 from benchmarks.cli import DEFAULT_OUT, default_model, require
+from benchmarks.report import figure, machine_line, num, write_standalone
 from benchmarks.runner import hardware
 from benchmarks.servers import HOST, embedserve_spec, free_port, running
 from benchmarks.texts import make_texts
@@ -129,8 +131,7 @@ def report(results: dict[str, Any]) -> str:
         "# Priority lanes under a flood",
         "",
         f"- date: {results['date']}, command: `{results['command']}`",
-        f"- hardware: {hw['cpu_model']}, {hw['logical_cores']} logical cores, {hw['ram_gib']} GiB RAM; server, flood "
-        "and prober on the same cores",
+        f"- hardware: {machine_line(hw)}; server, flood and prober on the same cores",
         f"- one embedserve server (default flags, all-MiniLM-L6-v2); a prober sends one short query at a time, "
         f"{PROBE_GAP_S * 1000:.0f} ms apart, for {results['seconds']:g} s per cell; the flood is "
         f"{results['flood_clients']} closed-loop clients of {FLOOD_BATCH} mixed texts each, in its own process",
@@ -139,10 +140,11 @@ def report(results: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for stat in ("p50_ms", "p99_ms"):
-        ratio = high[stat] / idle[stat]
+        ratio = _ratio(high[stat], idle[stat])
+        met = "-" if ratio is None else "met" if ratio <= TARGET_RATIO else "**not met**"
         lines.append(
-            f"| high prober under a low flood, {stat[:3]} vs idle | {ratio:.2f}x ({idle[stat]:.1f} -> "
-            f"{high[stat]:.1f} ms) | <= {TARGET_RATIO:g}x | {'met' if ratio <= TARGET_RATIO else '**not met**'} |"
+            f"| high prober under a low flood, {stat[:3]} vs idle | {num(ratio, 2)}x ({num(idle[stat])} -> "
+            f"{num(high[stat])} ms) | <= {TARGET_RATIO:g}x | {met} |"
         )
     lines += [
         "",
@@ -150,18 +152,39 @@ def report(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, cell in cells.items():
-        lines.append(f"| {name} | {cell['requests']} | {cell['refused']} | {cell['p50_ms']:.1f} | "
-                     f"{cell['p99_ms']:.1f} | "
+        lines.append(f"| {name} | {cell['requests']} | {cell['refused']} | {num(cell['p50_ms'])} | "
+                     f"{num(cell['p99_ms'])} | "
                      f"{cell.get('flood_ok', '-')} | {cell.get('flood_refused', '-')} |")  # fmt: skip
     lines += [
         "",
         "Without lanes (`normal under normal flood`) the same prober's p50 is "
-        f"{normal['p50_ms'] / idle['p50_ms']:.1f}x its idle one and {normal['refused']} of its "
+        f"{num(_ratio(normal['p50_ms'], idle['p50_ms']))}x its idle one and {normal['refused']} of its "
         f"{normal['refused'] + normal['requests']} queries are refused. A running batch is never interrupted, so a "
         "high query waits for at most the batch in progress plus its own.",
         "",
+        "![p50 and p99 of the prober per cell](priority.png)",
+        "",
     ]
     return "\n".join(lines)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """priority.png: the prober's p50 and p99 in each cell, side by side."""
+    cells = results["cells"]
+    names = list(cells)
+    with figure(path, size=(7, 4)) as ax:
+        for k, (stat, color) in enumerate((("p50_ms", "tab:blue"), ("p99_ms", "tab:orange"))):
+            values = [cells[n][stat] or 0.0 for n in names]
+            bars = ax.bar([i + (k - 0.5) * 0.38 for i in range(len(names))], values, 0.38, label=stat[:3], color=color)
+            ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("prober latency (ms)")
+        ax.set_title(f"one short query at a time; flood: {results['flood_clients']} clients x {FLOOD_BATCH} texts")
+        ax.legend()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,16 +193,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flood-clients", type=int, default=8, help="closed-loop flood clients (default 8)")
     parser.add_argument("--model", type=Path, default=None, help="local model directory (default: all-MiniLM-L6-v2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-render priority.md and priority.png from priority.json"
+    )
     args = parser.parse_args(argv)
-    require("python -m benchmarks.priority", "psutil")
+    require("python -m benchmarks.priority", *(() if args.report_only else ("psutil",)), "matplotlib")
     out = args.out.resolve()
-    cells = measure((args.model or default_model()).resolve(), args.seconds, args.flood_clients, out)
-    command = "python -m benchmarks.priority " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = {"date": datetime.date.today().isoformat(), "command": command.strip(), "seconds": args.seconds,
-               "flood_clients": args.flood_clients, "hardware": hardware(), "cells": cells}  # fmt: skip
-    (out / "priority.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "priority.md").write_text(report(results))
-    sys.stdout.write(f"wrote {out / 'priority.md'}\n")
+    if args.report_only:
+        results = json.loads((out / "priority.json").read_text())
+    else:
+        cells = measure((args.model or default_model()).resolve(), args.seconds, args.flood_clients, out)
+        command = "python -m benchmarks.priority " + " ".join(sys.argv[1:] if argv is None else argv)
+        results = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                   "command": command.strip(), "seconds": args.seconds, "flood_clients": args.flood_clients,
+                   "hardware": hardware(), "cells": cells}  # fmt: skip
+    sys.stdout.write(f"wrote {write_standalone(out, 'priority', results, report, plot)}\n")
 
 
 if __name__ == "__main__":

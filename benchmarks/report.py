@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.targets import cpu_per_request_short, find_cell, p50_short, targets
 from benchmarks.variants import VARIANTS
 
-__all__ = ["figure", "hardware_line", "md_table", "num", "summary_markdown", "targets", "verdict", "write"]
+__all__ = [
+    "figure",
+    "hardware_line",
+    "machine_line",
+    "md_table",
+    "num",
+    "summary_markdown",
+    "targets",
+    "verdict",
+    "write",
+    "write_standalone",
+]
 
 SERVER_ORDER = tuple(v.name for v in VARIANTS)
 COLORS = {
@@ -299,6 +310,31 @@ def hardware_line(hw: dict[str, Any]) -> str:
         f"{hw['cpu_model']}, {hw['logical_cores']} logical cores, {hw['ram_gib']} GiB RAM; "
         f"torch {hw.get('torch_version')}, {hw.get('torch_threads')} torch threads"
     )
+
+
+def machine_line(hw: dict[str, Any]) -> str:
+    """CPU, cores and RAM in one line (the standalone benchmarks' hardware line)."""
+    return f"{hw['cpu_model']}, {hw['logical_cores']} logical cores, {hw['ram_gib']} GiB RAM, {hw.get('os', '?')}"
+
+
+def write_standalone(
+    out: Path,
+    stem: str,
+    results: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> Path:
+    """A standalone benchmark's ``<stem>.json`` (no local paths, no NaN), ``<stem>.md`` and ``<stem>.png`` in
+    ``out``; returns the .md's path. Its ``--report-only`` calls this again with the JSON it reads back."""
+    from benchmarks.overload import scrub
+    from benchmarks.runner import finite, write_json
+
+    results = finite(scrub(results))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", results)
+    plot(results, out / f"{stem}.png")
+    (out / f"{stem}.md").write_text(markdown(results))
+    return out / f"{stem}.md"
 
 
 def summary_markdown(results: dict[str, Any]) -> str:

@@ -123,17 +123,28 @@ def test_benchmark_help_needs_no_bench_extra(monkeypatch, capsys):
         assert f"usage: python -m benchmarks {command}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["gateway", "priority", "images"])
-def test_a_standalone_benchmark_answers_help_and_names_the_extra_without_it(name):
-    # A fresh interpreter in which psutil cannot be imported, as on a machine without the bench extra.
+@pytest.mark.parametrize(
+    ("name", "argv", "missing"),
+    [
+        ("gateway", [], "psutil"),
+        ("priority", [], "psutil, matplotlib"),
+        ("priority", ["--report-only"], "matplotlib"),
+        ("images", [], "psutil, matplotlib"),
+        ("images", ["--report-only"], "matplotlib"),
+        ("cache", ["miss-cost"], "psutil, matplotlib"),
+        ("cache", ["hit-rates", "--report-only"], "matplotlib"),
+    ],
+)
+def test_a_standalone_benchmark_answers_help_and_names_the_extra_without_it(name, argv, missing):
+    # A fresh interpreter in which neither psutil nor matplotlib can be imported, as without the bench extra.
     code = (
-        "import sys; sys.modules['psutil'] = None; import runpy; sys.argv = ['x'] + sys.argv[1:]; "
-        f"runpy.run_module('benchmarks.{name}', run_name='__main__')"
+        "import sys; sys.modules['psutil'] = sys.modules['matplotlib'] = None; import runpy; "
+        f"sys.argv = ['x'] + sys.argv[1:]; runpy.run_module('benchmarks.{name}', run_name='__main__')"
     )
     helped = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0, helped.stderr
     assert f"usage: python -m benchmarks.{name}" in helped.stdout
-    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert ran.returncode == 1
-    needed = f'python -m benchmarks.{name} needs psutil (the bench extra): pip install -e ".[bench]"'
+    ran = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1, ran.stderr
+    needed = f'python -m benchmarks.{name} needs {missing} (the bench extra): pip install -e ".[bench]"'
     assert ran.stderr.strip() == needed
