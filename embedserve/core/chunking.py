@@ -53,10 +53,7 @@ async def embed_chunked(
     """Dense embeddings (:attr:`Capability.EMBED`) of inputs of any length, pooled from their chunks."""
     tokenizers, info = runtime.require(Capability.EMBED)
     runtime.check_batch_size(len(inputs), param)
-    if dimensions is not None and dimensions > info.dim:
-        raise ValidationError(
-            f"`dimensions` {dimensions} is larger than the model's {info.dim} dimensions", param="dimensions"
-        )
+    runtime.check_dimensions(dimensions, info.dim)
     texts = runtime.texts(inputs, prompt_name)
     # The prompt (the request's or the model's default, lower-cased with the text where the model says so) starts
     # every chunk: the pool gets it apart from the texts.

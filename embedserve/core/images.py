@@ -51,10 +51,7 @@ async def embed_with_images(
     model = runtime.image_model
     assert model is not None
     runtime.check_batch_size(len(inputs), param)
-    if dimensions is not None and dimensions > info.dim:
-        raise ValidationError(
-            f"`dimensions` {dimensions} is larger than the model's {info.dim} dimensions", param="dimensions"
-        )
+    runtime.check_dimensions(dimensions, info.dim)
     text_at = [i for i, item in enumerate(inputs) if isinstance(item, str)]
     image_at = [i for i, item in enumerate(inputs) if isinstance(item, ImageInput)]
     texts = runtime.texts([str(inputs[i]) for i in text_at], prompt_name)

@@ -267,6 +267,13 @@ class ModelRuntime:
                 f"batch size {n} > maximum allowed batch size {self.spec.max_client_batch_size}", param=param
             )
 
+    def check_dimensions(self, dimensions: int | None, dim: int) -> None:
+        """A request's ``dimensions`` (Matryoshka) fits within the model's ``dim``."""
+        if dimensions is not None and dimensions > dim:
+            raise ValidationError(
+                f"`dimensions` {dimensions} is larger than the model's {dim} dimensions", param="dimensions"
+            )
+
     def truncate(self, requested: bool | None) -> bool:
         """A request's truncation choice, defaulting to --auto-truncate."""
         return self.spec.auto_truncate if requested is None else requested

@@ -75,10 +75,7 @@ async def embed(
     admitted and batched in (every capability below takes the same three)."""
     _, info = runtime.require(Capability.EMBED)
     runtime.check_batch_size(len(inputs), param)
-    if dimensions is not None and dimensions > info.dim:
-        raise ValidationError(
-            f"`dimensions` {dimensions} is larger than the model's {info.dim} dimensions", param="dimensions"
-        )
+    runtime.check_dimensions(dimensions, info.dim)
     texts = runtime.texts(inputs, prompt_name)
     cut = runtime.truncate(truncate)
     if runtime.cache is not None:
