@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -31,6 +30,7 @@ from starlette.routing import Route
 
 from embedserve.errors import BackendError, EmbedServeError, ModelNotFoundError, from_http_status
 from embedserve.fleet import Fleet
+from embedserve.gateway.client import WorkerClient
 from embedserve.gateway.identity import METADATA_HOST, GoogleIdTokens, WorkerAuth
 from embedserve.gateway.metrics import GatewayMetrics
 from embedserve.gateway.proxy import Proxy
@@ -175,7 +175,7 @@ async def info(request: Request) -> Response:
     answers = await asyncio.gather(*(ctx.proxy.get(m.name, "/info") for m in ctx.fleet.models))
     found: dict[str, Any] = {}
     for model, answer in zip(ctx.fleet.models, answers, strict=True):
-        found[model.name] = orjson.loads(answer.content) if answer is not None and answer.status_code == 200 else None
+        found[model.name] = orjson.loads(answer.body) if answer is not None and answer.status == 200 else None
     return json_response({"gateway": True, "models": found})
 
 
@@ -209,13 +209,7 @@ def create_gateway(
                         rate_limit_rps=spec.rate_limit_rps, rate_limit_burst=spec.rate_limit_burst,
                         rate_limit_tpm=spec.rate_limit_tpm)  # fmt: skip
     server = ServerSettings()
-    # Keep-alive to the workers: idle connections are dropped before the worker's own 5 s keep-alive timeout, so
-    # the gateway never reuses a connection the worker is closing; connecting is bounded tightly (a dead address
-    # should fail over fast), answering is not (the workers bound their own queues and deadlines).
-    client = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=4.0),
-        timeout=httpx.Timeout(300.0, connect=1.0, pool=30.0),
-    )
+    client = WorkerClient()  # keep-alive aiohttp session, made at startup (see embedserve.gateway.client)
     env = dict(os.environ if environ is None else environ)
     id_tokens = None
     if spec.worker_auth == "google-id-token":
@@ -245,7 +239,7 @@ def create_gateway(
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await workers.close()
-            await client.aclose()
+            await client.close()
 
     middleware = []
     if spec.cors_allow_origin:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -44,7 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"embedserve gateway: error: {exc}\n")
         return 2
     logs.configure(json_output=args.json_output, level=args.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per worker call would drown the access log
     config = uvicorn.Config(app, host=fleet.gateway.hostname, port=fleet.gateway.port, log_config=None,
                             access_log=False, timeout_keep_alive=5, timeout_graceful_shutdown=30)  # fmt: skip
     uvicorn.Server(config).run()

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-import httpx
+import aiohttp
 import orjson
 
+from embedserve.gateway.client import WorkerClient
 from embedserve.http.keys import GATEWAY_TOKEN_HEADER
 
 log = logging.getLogger("embedserve.gateway")
@@ -66,7 +67,7 @@ class GoogleIdTokens:
     Concurrent callers for one audience share one fetch (a lock per audience), so a burst of requests after a
     refresh costs one metadata call."""
 
-    client: httpx.AsyncClient
+    client: WorkerClient
     metadata_host: str = METADATA_HOST
     clock: Callable[[], float] = time.time
     _cache: dict[str, _Cached] = field(default_factory=dict, init=False, repr=False)
@@ -88,14 +89,16 @@ class GoogleIdTokens:
 
     async def _fetch(self, aud: str) -> str:
         url = f"http://{self.metadata_host}{IDENTITY_PATH}?audience={quote(aud, safe='')}&format=full"
+        timeout = aiohttp.ClientTimeout(total=METADATA_TIMEOUT)
         try:
-            response = await self.client.get(url, headers={"Metadata-Flavor": "Google"}, timeout=METADATA_TIMEOUT)
-        except httpx.HTTPError as exc:
+            async with self.client.session.get(url, headers={"Metadata-Flavor": "Google"}, timeout=timeout) as response:
+                status, body = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise IdentityTokenError(f"cannot reach the metadata server at {self.metadata_host}: {exc}") from exc
-        if response.status_code != 200:
-            raise IdentityTokenError(f"the metadata server answered {response.status_code} for an identity token")
+        if status != 200:
+            raise IdentityTokenError(f"the metadata server answered {status} for an identity token")
         log.debug("fetched an identity token for %s", aud)
-        return response.text.strip()
+        return body.decode("utf-8", "replace").strip()
 
 
 @dataclass

@@ -5,6 +5,17 @@ of the same model, as does one whose worker closed the connection before sending
 died mid-request: a ``kill -9``, an OOM kill). The second case may run a request twice; every proxied route is a
 pure function of its body (embed, score, tokenize), so that costs only compute, and a request that kills its worker
 is tried on at most one more replica (``MAX_RESETS``), so a "query of death" cannot take down a whole model.
+
+The client is aiohttp's (``aiohttp.ClientSession``): how its exceptions map onto those two cases --
+
+- not connected (another replica, the worker marked down): ``ClientConnectorError`` and its subclasses (refused,
+  DNS, unreachable) and ``ConnectionTimeoutError`` (no connection within 1 s; aiohttp raises the same error when
+  no pooled connection frees up within 30 s, which httpx reported apart, as a 503: only past 1024 open connections);
+- closed before answering (``MAX_RESETS``): ``ServerDisconnectedError`` (EOF before the status line: a killed
+  worker), a ``ClientOSError`` that is not a connect error (a reset while writing the body or reading the answer),
+  ``ClientConnectionResetError`` (the transport was already closing when the request was written),
+  ``ClientPayloadError`` (the connection dropped inside the answer's body);
+- anything else (``SocketTimeoutError`` and the other timeouts, a malformed answer): 503 without a retry.
 """
 
 from __future__ import annotations
@@ -13,9 +24,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from embedserve.errors import UnhealthyError
+from embedserve.gateway.client import WorkerClient
 from embedserve.gateway.identity import IdentityTokenError, WorkerAuth
 from embedserve.gateway.workers import Workers
 
@@ -41,10 +53,22 @@ class Answer:
     worker: str
 
 
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A worker's answer headers minus the hop-by-hop ones, names lowercased (compared case-insensitively), a
+    repeated header's values joined with ", " as one."""
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in HOP_BY_HOP:
+            continue
+        kept[key] = f"{kept[key]}, {value}" if key in kept else value
+    return kept
+
+
 class Proxy:
     """Sends requests to the workers with one keep-alive HTTP/1.1 client."""
 
-    def __init__(self, workers: Workers, client: httpx.AsyncClient, auth: WorkerAuth) -> None:
+    def __init__(self, workers: Workers, client: WorkerClient, auth: WorkerAuth) -> None:
         self.workers = workers
         self._client = client
         self._auth = auth
@@ -72,12 +96,20 @@ class Proxy:
                 raise UnhealthyError(f"the gateway cannot authenticate to the workers of model {model!r}") from exc
             worker.in_flight += 1
             try:
-                response = await self._client.post(f"{worker.url}{path}", content=body, headers={**sent, **auth})
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                call = self._client.session.post(f"{worker.url}{path}", data=body, headers={**sent, **auth})
+                async with call as response:
+                    content = await response.read()
+                    status, answered = response.status, kept_headers(response.headers)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 log.warning("cannot connect to %s (%s); trying another replica of %s", worker.url, exc, model)
                 self.workers.mark_down(worker)
                 continue
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientConnectionResetError,
+                aiohttp.ClientPayloadError,
+            ) as exc:
                 # The worker closed the connection before any byte of its answer: it died mid-request.
                 self.workers.mark_down(worker)
                 resets += 1
@@ -87,19 +119,20 @@ class Proxy:
                     ) from exc
                 log.warning("%s closed the connection mid-request (%s); retrying on another replica", worker.url, exc)
                 continue
-            except httpx.TransportError as exc:  # a timeout: the worker is alive but did not answer in time
+            except (aiohttp.ClientError, TimeoutError) as exc:  # a timeout: the worker is alive but did not answer
                 raise UnhealthyError(f"worker of model {model!r} did not answer: {type(exc).__name__}") from exc
             finally:
                 worker.in_flight -= 1
-            kept = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
-            return Answer(response.status_code, kept, response.content, worker.url)
+            return Answer(status, answered, content, worker.url)
 
-    async def get(self, model: str, path: str) -> httpx.Response | None:
+    async def get(self, model: str, path: str) -> Answer | None:
         """GET ``path`` from a live replica of ``model`` (for /info), or None when none answers."""
         worker = self.workers.pool(model).pick()
         if worker is None:
             return None
         try:
-            return await self._client.get(f"{worker.url}{path}", headers=await self._auth.headers(worker.url))
-        except (httpx.HTTPError, IdentityTokenError):
+            headers = await self._auth.headers(worker.url)
+            async with self._client.session.get(f"{worker.url}{path}", headers=headers) as response:
+                return Answer(response.status, kept_headers(response.headers), await response.read(), worker.url)
+        except (aiohttp.ClientError, TimeoutError, IdentityTokenError):
             return None

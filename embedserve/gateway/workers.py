@@ -15,9 +15,10 @@ import logging
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from embedserve.fleet import Fleet
+from embedserve.gateway.client import WorkerClient
 from embedserve.gateway.identity import IdentityTokenError, WorkerAuth
 
 log = logging.getLogger("embedserve.gateway")
@@ -26,6 +27,7 @@ HEALTH_INTERVAL = 1.0
 """Seconds between two health checks of a worker."""
 HEALTH_TIMEOUT = 2.0
 """A worker whose /health takes longer is down (a worker busy with inference still answers /health at once)."""
+_HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT)
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Workers:
     def __init__(
         self,
         fleet: Fleet,
-        client: httpx.AsyncClient,
+        client: WorkerClient,
         *,
         interval: float = HEALTH_INTERVAL,
         auth: WorkerAuth | None = None,
@@ -94,12 +96,14 @@ class Workers:
         like every path, so the poll carries the same credentials as a proxied request."""
         try:
             headers = await self._auth.headers(worker.url)
-            response = await self._client.get(f"{worker.url}/health", headers=headers, timeout=HEALTH_TIMEOUT)
-            live = response.status_code == 200
+            call = self._client.session.get(f"{worker.url}/health", headers=headers, timeout=_HEALTH_TIMEOUT)
+            async with call as response:
+                await response.read()
+                live = response.status == 200
         except IdentityTokenError as exc:
             log.warning("no identity token for %s: %s", worker.url, exc)
             live = False
-        except httpx.HTTPError:
+        except (aiohttp.ClientError, TimeoutError):
             live = False
         if live != worker.live:
             log.info("worker %s of model %s is %s", worker.url, worker.model, "up" if live else "down")

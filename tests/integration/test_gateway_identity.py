@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from embedserve.gateway.client import WorkerClient
 from embedserve.gateway.identity import REFRESH_MARGIN, GoogleIdTokens, IdentityTokenError, audience
 from tests.integration.test_command import free_port, wait_healthy
 
@@ -161,7 +162,8 @@ def test_a_token_is_fetched_once_per_audience_and_reused_until_shortly_before_it
     now = [time.time()]
 
     async def scenario() -> None:
-        async with httpx.AsyncClient() as client:
+        client = WorkerClient()
+        try:
             tokens = GoogleIdTokens(client, metadata_host=metadata.host, clock=lambda: now[0])
             first = await tokens.token("https://worker-a.run.app")
             assert claims(first)["aud"] == "https://worker-a.run.app"
@@ -181,6 +183,8 @@ def test_a_token_is_fetched_once_per_audience_and_reused_until_shortly_before_it
             metadata.status = 500
             with pytest.raises(IdentityTokenError, match="answered 500"):
                 await tokens.token("https://worker-c.run.app")
+        finally:
+            await client.close()
 
     asyncio.run(scenario())
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from starlette.requests import Request
 
 from embedserve import cli
 from embedserve.errors import UnauthorizedError
 from embedserve.fleet import parse_fleet
 from embedserve.gateway.app import client_address, create_gateway, gateway_token
+from embedserve.gateway.client import WorkerClient
 from embedserve.gateway.workers import Pool, Worker, Workers
 from embedserve.http.keys import GatewayToken
 from embedserve.settings import EdgeSettings, SettingsError
@@ -80,13 +82,17 @@ def test_a_failed_connection_marks_the_worker_down_until_its_health_answers():
 
 
 async def _health_scenario() -> None:
-    fleet = parse_fleet({"models": [{"name": "a", "model_id": "m", "urls": ["http://w1"]}]})
     healthy = {"ok": False}
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200 if healthy["ok"] else 503)
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=200 if healthy["ok"] else 503)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+    app = web.Application()
+    app.router.add_get("/health", answer)
+    async with TestServer(app) as server:
+        url = str(server.make_url("")).rstrip("/")
+        fleet = parse_fleet({"models": [{"name": "a", "model_id": "m", "urls": [url]}]})
+        client = WorkerClient()
         workers = Workers(fleet, client)
         worker = workers.pool("a").workers[0]
         await workers.check(worker)
@@ -97,6 +103,7 @@ async def _health_scenario() -> None:
         workers.mark_down(worker)
         assert not worker.live  # at once, before the re-check answers
         await workers.close()
+        await client.close()
 
 
 def test_the_command_dispatches_gateway_and_needs_a_fleet_file(capsys, monkeypatch):
