@@ -1,7 +1,8 @@
 """What the fleet's gateway costs: the same worker called directly and through ``embedserve gateway``.
 
-``python -m benchmarks.gateway [--seconds S] [--out DIR]`` starts one embedserve worker (default flags,
-all-MiniLM-L6-v2) and a gateway whose fleet file routes to it, then runs the same closed-loop cells against each,
+``python -m benchmarks.gateway [--seconds S] [--out DIR]`` starts one embedserve worker (default flags but
+``--cache-bytes 0``, all-MiniLM-L6-v2: the cells repeat their texts, and cache hits would measure the transport
+alone) and a gateway whose fleet file routes to it, then runs the same closed-loop cells against each,
 alternating so that a drift of the machine hits both alike: one short text at concurrency 1 (the added latency) and
 single mixed texts at concurrency 32 (whether the gateway becomes the bottleneck). Writes ``gateway.json`` and
 ``gateway.md``. Everything shares this machine's cores: the worker, the gateway and the load generator.
@@ -82,7 +83,8 @@ def measure(seconds: float, rounds: int, work: Path) -> dict[str, Any]:
     )
     cmd = str(Path(sys.executable).with_name("embedserve"))
     worker = _start([cmd, "--model-id", str(default_model()), "--served-model-name", "bench", "--port",
-                     str(worker_port), "--rate-limit-rps", "0", "--log-level", "warning"], work / "worker.log",
+                     str(worker_port), "--rate-limit-rps", "0", "--cache-bytes", "0", "--log-level", "warning"],
+                    work / "worker.log",
                     worker_url)  # fmt: skip
     gateway = _start([cmd, "gateway", "--fleet", str(fleet), "--log-level", "warning"], work / "gateway.log",
                      gateway_url)  # fmt: skip
@@ -120,7 +122,8 @@ def report(results: dict[str, Any]) -> str:
         f"--rounds {results['rounds']}`",
         f"- hardware: {hw['cpu_model']}, {hw['logical_cores']} logical cores, {hw['ram_gib']} GiB RAM; worker, gateway "
         "and load generator on the same cores",
-        "- one worker (default flags, all-MiniLM-L6-v2) called directly and through `embedserve gateway`; medians of "
+        "- one worker (default flags but `--cache-bytes 0`: every text is computed; all-MiniLM-L6-v2) called directly "
+        "and through `embedserve gateway`; medians of "
         "the rounds, which alternate the two paths",
         "",
         "| target | measured | required | result |",
