@@ -7,9 +7,9 @@ Three places can set it; the first that does wins:
 2. the body's ``priority`` field, on every route whose work goes through the batch queue;
 3. the API key's default, from the key file (``<key> priority=low``);
 
-and otherwise ``normal``. A value is a lane name (``high``, ``normal``, ``low``, in any case) or an integer as vLLM's
-``priority`` field takes it (lower runs earlier, 0 is the default): below 0 is ``high``, 0 ``normal``, above 0
-``low``. Anything else is 422.
+and otherwise ``normal``. A value is a lane name (``high``, ``normal``, ``low``; in any case in a header) or an
+integer as vLLM's ``priority`` field takes it (lower runs earlier, 0 is the default): below 0 is ``high``, 0
+``normal``, above 0 ``low``. Anything else is 422.
 """
 
 from __future__ import annotations
@@ -28,18 +28,22 @@ _VALUES = frozenset(lane.value for lane in Priority)
 _NAMES = ", ".join(repr(lane.value) for lane in Priority)
 
 
-def parse_priority(value: Any, where: str, param: str) -> Priority:
-    """A lane name or a vLLM-style integer as a lane; 422 naming ``where`` otherwise."""
+def parse_priority(value: Any, where: str, param: str, *, text: bool = True) -> Priority:
+    """A lane name or a vLLM-style integer as a lane; 422 naming ``where`` otherwise. With ``text`` (a header, a
+    key file: everything is a string there) names are read in any case and integers may be written as strings; a
+    JSON body takes exactly what its schema says, a lower-case name or a JSON integer."""
     if isinstance(value, float) and value.is_integer():  # JSON has one number type: 1.0 is JSON Schema's integer 1
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return Priority.HIGH if value < 0 else Priority.NORMAL if value == 0 else Priority.LOW
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _VALUES:
-            return Priority(text)
-        if text.lstrip("+-").isdigit():
-            return parse_priority(int(text), where, param)
+    if isinstance(value, str) and not text and value in _VALUES:
+        return Priority(value)
+    if isinstance(value, str) and text:
+        written = value.strip().lower()
+        if written in _VALUES:
+            return Priority(written)
+        if written.lstrip("+-").isdigit():
+            return parse_priority(int(written), where, param)
     raise ValidationError(
         f"{where} must be one of {_NAMES} or an integer (below 0: high, 0: normal, above 0: low), got {value!r:.40}",
         param=param,
@@ -49,7 +53,7 @@ def parse_priority(value: Any, where: str, param: str) -> Priority:
 def body_priority(body: dict[str, Any]) -> Priority | None:
     """The body's ``priority`` field, or None when absent (or null)."""
     value = body.get("priority")
-    return None if value is None else parse_priority(value, "`priority`", "priority")
+    return None if value is None else parse_priority(value, "`priority`", "priority", text=False)
 
 
 PRIORITY = Field(

@@ -102,7 +102,9 @@ def test_a_malformed_priority_gets_422_naming_where_it_came_from(minilm_server):
         rerank = client.post("/rerank", json={"query": "q", "texts": ["a"], "priority": True})
         assert rerank.status_code == 422  # a boolean is not a lane, on every queued route (MiniLM cannot rerank,
         assert "`priority`" in rerank.json()["error"]  # but the body is checked before the model)
-        assert client.post("/embed", json={"inputs": "hi", "priority": "LOW"}).status_code == 200
+        assert client.post("/embed", json={"inputs": "hi", "priority": "low"}).status_code == 200
+        assert client.post("/embed", json={"inputs": "hi", "priority": "LOW"}).status_code == 422  # as its schema says
+        assert client.post("/embed", json={"inputs": "hi"}, headers={"X-Priority": "LOW"}).status_code == 200
         assert client.post("/embed", json={"inputs": "hi", "priority": 3}).status_code == 200
         info = client.get("/info").json()
         assert (info["priority_reserve"], info["low_priority_share"]) == (0.1, 0.5)  # each lane's share, as admitted

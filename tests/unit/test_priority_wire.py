@@ -10,7 +10,7 @@ from embedserve.errors import ValidationError
 from embedserve.http.fields import Served
 from embedserve.http.inference_api import parse_similarity
 from embedserve.http.keys import ApiKeys, key_id
-from embedserve.http.priority import parse_priority
+from embedserve.http.priority import body_priority, parse_priority
 from embedserve.http.schemas import parse_openai_embeddings, parse_sparse, parse_tei_embed, parse_tokenize
 from embedserve.http.scoring_schemas import parse_cohere_rerank, parse_predict, parse_tei_rerank
 from embedserve.http.shedding import _lane
@@ -34,6 +34,16 @@ def test_anything_else_is_a_validation_error_naming_where_it_came_from(value):
         parse_priority(value, "header X-Priority", "x-priority")
     assert refused.value.param == "x-priority"
     assert refused.value.message.startswith("header X-Priority must be one of 'high', 'normal', 'low'")
+
+
+@pytest.mark.parametrize("value", ["HIGH", " low", "0", "-1"])
+def test_a_body_takes_only_what_its_schema_says_a_lower_case_name_or_a_json_integer(value):
+    assert parse_priority(value, "header X-Priority", "x-priority") in set(Priority)  # a header reads them all
+    with pytest.raises(ValidationError) as refused:
+        body_priority({"priority": value})
+    assert refused.value.param == "priority"
+    assert body_priority({"priority": value.strip().lower()} if not value.strip().lstrip("-").isdigit()
+                         else {"priority": int(value)}) in set(Priority)  # fmt: skip
 
 
 def test_the_key_file_gives_a_key_a_default_lane_and_rejects_other_options(tmp_path):
