@@ -2,7 +2,8 @@
 the model, against its idle latency.
 
 ``python -m benchmarks.priority [--seconds S] [--flood-clients N] [--out DIR]`` starts one embedserve server (default
-flags, all-MiniLM-L6-v2) and measures a prober that sends one short query at a time, 50 ms apart:
+flags but ``--cache-bytes 0``, all-MiniLM-L6-v2: the prober repeats one query, which the cache would answer) and
+measures a prober that sends one short query at a time, 50 ms apart:
 
 * idle: nothing else runs;
 * ``high under low flood``: the prober sends ``X-Priority: high`` while ``--flood-clients`` closed-loop clients send
@@ -132,7 +133,8 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"- date: {results['date']}, command: `{results['command']}`",
         f"- hardware: {machine_line(hw)}; server, flood and prober on the same cores",
-        f"- one embedserve server (default flags, all-MiniLM-L6-v2); a prober sends one short query at a time, "
+        f"- one embedserve server (default flags but `--cache-bytes 0`, all-MiniLM-L6-v2); a prober sends one short "
+        "query at a time, "
         f"{PROBE_GAP_S * 1000:.0f} ms apart, for {results['seconds']:g} s per cell; the flood is "
         f"{results['flood_clients']} closed-loop clients of {FLOOD_BATCH} mixed texts each, in its own process",
         "",

@@ -80,7 +80,9 @@ def embedserve_spec(model: Path, port: int, extra_args: list[str], name: str = "
     argv = [*launcher, "--model-id", str(model), "--served-model-name", "bench", "--port", str(port)]
     # One load generator address sends far more than the default per-address limit (80 req/s): the benchmark
     # measures the server, so the governor is off, as it would be behind a gateway that limits per key.
-    argv += ["--hostname", HOST, "--log-level", "warning", "--rate-limit-rps", "0", *extra_args]
+    # The load generators cycle through a fixed set of texts, and the benchmarks measure computing them: the embedding
+    # cache (on by default) would answer the repeats without running the model. A variant may turn it back on.
+    argv += ["--hostname", HOST, "--log-level", "warning", "--rate-limit-rps", "0", "--cache-bytes", "0", *extra_args]
     return ServerSpec(name, argv, port, "/health", kind="embedserve")
 
 
