@@ -3,9 +3,12 @@ inject the one failure a test needs. The vectors still come from the real model.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import httpx
 
 from embedserve.core.registry import default_loader
 from embedserve.engines.base import InferenceModel, ModelInfo
@@ -44,6 +47,15 @@ class Gated(Delegating):
         self.gate = threading.Event()
         self.gate.set()
         self.waiting = threading.Semaphore(0)
+
+    async def hold(self, client: httpx.AsyncClient, body: dict[str, Any]) -> asyncio.Task[httpx.Response]:
+        """Close the gate and POST ``body`` to /embed; returns its pending response once its first batch is held in
+        the forward pass."""
+        self.gate.clear()
+        held = asyncio.create_task(client.post("/embed", json=body))
+        if not await asyncio.to_thread(self.waiting.acquire, True, 30):
+            raise TimeoutError("no forward pass reached the gate")
+        return held
 
     def launch(self, prepared: Any) -> Any:
         self.waiting.release()

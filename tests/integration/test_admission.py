@@ -28,10 +28,7 @@ def _tokens_ahead(server) -> int:  # type: ignore[no-untyped-def]
 
 async def _block_with_backlog(client: httpx.AsyncClient, model: Gated, inputs: int) -> asyncio.Task[httpx.Response]:
     """Close the gate and queue one request of ``inputs`` long texts behind it; returns its pending response."""
-    model.gate.clear()
-    backlog = asyncio.create_task(client.post("/embed", json={"inputs": [f"{i} {LONG}" for i in range(inputs)]}))
-    await asyncio.to_thread(model.waiting.acquire, True, 30)  # its first batch is now held in the forward pass
-    return backlog
+    return await model.hold(client, {"inputs": [f"{i} {LONG}" for i in range(inputs)]})
 
 
 def test_a_request_predicted_to_wait_past_max_queue_time_gets_429_with_retry_after_from_the_drain_time(minilm_path):

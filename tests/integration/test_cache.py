@@ -138,10 +138,8 @@ def test_duplicates_in_concurrent_requests_are_computed_once(minilm_path, tokeni
     async def scenario(server: RunningServer, gated: Gated) -> list[httpx.Response]:
         cache = server.registry.cache
         assert cache is not None
-        gated.gate.clear()
         async with server.async_client() as client:
-            first = asyncio.create_task(client.post("/embed", json={"inputs": [text]}))
-            await asyncio.to_thread(gated.waiting.acquire)  # its forward pass is held at the gate
+            first = await gated.hold(client, {"inputs": [text]})
             others = [
                 asyncio.create_task(client.post("/embed", json={"inputs": [text]})),
                 asyncio.create_task(client.post("/embed", json={"inputs": ["something new", text, text]})),
@@ -250,9 +248,7 @@ def test_cached_inputs_take_no_admission_slot(minilm_path):
         async with server.async_client() as client:
             warm = await client.post("/embed", json={"inputs": ["asked before"]})
             assert warm.status_code == 200
-            gated.gate.clear()
-            holder = asyncio.create_task(client.post("/embed", json={"inputs": ["holds the only slot"]}))
-            await asyncio.to_thread(gated.waiting.acquire)  # the only slot is taken, its forward pass held
+            holder = await gated.hold(client, {"inputs": ["holds the only slot"]})  # the only slot, held
             cached = await client.post("/embed", json={"inputs": ["asked before"]})
             refused = await client.post("/embed", json={"inputs": ["new while full"]})
             gated.gate.set()
@@ -291,10 +287,8 @@ def test_a_request_that_joined_a_flight_whose_client_left_computes_the_input_its
     async def scenario(server: RunningServer, gated: Gated) -> httpx.Response:
         cache = server.registry.cache
         assert cache is not None
-        gated.gate.clear()
         async with server.async_client() as leaving, server.async_client() as staying:
-            leader = asyncio.create_task(leaving.post("/embed", json={"inputs": [text]}))
-            await asyncio.to_thread(gated.waiting.acquire)  # its forward pass is held at the gate
+            leader = await gated.hold(leaving, {"inputs": [text]})
             follower = asyncio.create_task(staying.post("/embed", json={"inputs": [text]}))
             await eventually(lambda: cache.waiting == 1)
             leader.cancel()  # the client hangs up: its flight ends without a vector

@@ -138,10 +138,8 @@ def test_inputs_of_a_client_that_disconnected_are_never_computed(minilm_path):
 
     async def scenario(url: str) -> None:
         model = built[0]
-        model.gate.clear()
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            first = asyncio.create_task(client.post("/embed", json={"inputs": "the first request"}))
-            await asyncio.to_thread(model.waiting.acquire)  # the first batch is now inside the forward pass
+            first = await model.hold(client, {"inputs": "the first request"})
             with pytest.raises(httpx.ReadTimeout):
                 async with httpx.AsyncClient(base_url=url, timeout=0.3) as impatient:
                     await impatient.post("/embed", json={"inputs": "an elephant that left early"})

@@ -22,14 +22,6 @@ LONG = "the tokens of this sentence fill the model's whole input window " * 40  
 KEY, BULK_KEY = "interactive-key", "backfill-key"
 
 
-async def _hold(client: httpx.AsyncClient, model: Gated, body: dict[str, object]) -> asyncio.Task[httpx.Response]:
-    """Close the gate and send ``body`` to /embed; returns its pending response once its first batch is held."""
-    model.gate.clear()
-    held = asyncio.create_task(client.post("/embed", json=body))
-    await asyncio.to_thread(model.waiting.acquire, True, 30)
-    return held
-
-
 def test_high_priority_inputs_queued_after_low_ones_run_first(minilm_path):
     loader, built = wrapping(Gated)
     settings = model_settings(minilm_path, max_batch_requests=1)  # one input per forward pass: the order is visible
@@ -43,7 +35,7 @@ def test_high_priority_inputs_queued_after_low_ones_run_first(minilm_path):
             for text in low_texts + high_texts:
                 tokens = (await client.post("/tokenize", json={"inputs": text})).json()[0]
                 ids[tuple(token["id"] for token in tokens)] = text
-            blocker = await _hold(client, model, {"inputs": "held in the forward pass"})
+            blocker = await model.hold(client, {"inputs": "held in the forward pass"})
             ran_before = len(model.seen)
             low = asyncio.create_task(client.post("/embed", json={"inputs": low_texts, "priority": "low"}))
             await eventually(lambda: server.runtime.queued_in(Priority.LOW) == 4)
@@ -73,7 +65,7 @@ def test_the_api_keys_default_lane_applies_unless_the_request_names_one(minilm_p
         bulk = {"Authorization": f"Bearer {BULK_KEY}"}
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             client.headers["Authorization"] = f"Bearer {KEY}"
-            blocker = await _hold(client, model, {"inputs": "held in the forward pass"})
+            blocker = await model.hold(client, {"inputs": "held in the forward pass"})
             pending = [asyncio.create_task(client.post("/embed", json={"inputs": "mine"}))]
             await eventually(lambda: server.runtime.queued_in(Priority.NORMAL) == 1)
             pending.append(asyncio.create_task(client.post("/embed", json={"inputs": "backfill"}, headers=bulk)))
@@ -119,7 +111,7 @@ def test_while_low_work_holds_its_share_of_the_slots_low_gets_429_and_higher_lan
     async def scenario(url: str) -> None:
         model = built[0]
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            backfill = await _hold(client, model, {"inputs": [f"row {i}" for i in range(20)], "priority": "low"})
+            backfill = await model.hold(client, {"inputs": [f"row {i}" for i in range(20)], "priority": "low"})
             refused = await client.post("/embed", json={"inputs": "one more row", "priority": "low"})
             assert refused.status_code == 429
             assert "20 input slots are taken and low priority may use 20" in refused.json()["error"]
@@ -157,7 +149,7 @@ def test_a_high_request_is_admitted_past_a_queue_that_refuses_lower_lanes_by_pre
     async def scenario(url: str) -> None:
         model = built[0]
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            blocker = await _hold(client, model, {"inputs": "held in the forward pass"})
+            blocker = await model.hold(client, {"inputs": "held in the forward pass"})
             backlog = asyncio.create_task(client.post("/embed", json={"inputs": [f"{i} {LONG}" for i in range(32)]}))
             await eventually(lambda: server.runtime.queued_in(Priority.NORMAL) == 32)
             rate = server.runtime.admission.throughput.tokens_per_second
