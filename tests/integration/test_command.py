@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,27 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout:
             pass
         time.sleep(0.1)
     raise TimeoutError("embedserve did not become healthy")
+
+
+@contextmanager
+def serving(args: list[str], log: Path, timeout: float = 120) -> Iterator[str]:
+    """``embedserve ARGS --port P`` offline, its output in ``log``: its URL once healthy; SIGTERM when done."""
+    port = free_port()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [command(), *args, "--port", str(port)],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log, timeout=timeout)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from embedserve.cli import EXIT_CANNOT_LISTEN
-from tests.integration.test_command import command, free_port, wait_healthy
+from tests.integration.test_command import command, serving
 
 pytestmark = pytest.mark.integration
 
@@ -70,23 +69,9 @@ def examples(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     assert "splade:" in made.stdout
     config = root / "models" / "examples.yaml"
     assert f"embedserve --config {config}" in made.stdout
-    port = free_port()
     log = root / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [command(), "--config", str(config), "--port", str(port), "--rate-limit-rps", "0"],
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process, log, timeout=300)
+    with serving(["--config", str(config), "--rate-limit-rps", "0"], log, timeout=300) as url:
         yield url, log
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
 
 
 def test_every_request_the_readme_shows_is_answered_by_the_example_models(examples):

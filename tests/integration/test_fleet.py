@@ -13,7 +13,7 @@ import pytest
 
 from embedserve.settings import EdgeSettings
 from tests.conftest import eventually, model_settings, run_server
-from tests.integration.test_command import command, free_port, wait_healthy
+from tests.integration.test_command import command, free_port, serving
 from tests.wrappers import Gated, wrapping
 
 pytestmark = pytest.mark.integration
@@ -83,17 +83,8 @@ def test_a_model_that_fails_to_load_stops_start_up_naming_it(minilm_path, tmp_pa
 def test_with_allow_partial_start_the_others_serve_and_the_failed_model_is_reported(minilm_path, tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    port = free_port()
-    log = tmp_path / "server.log"
-    args = [command(), "--config", fleet_config(tmp_path, minilm_path, broken), "--port", str(port),
-            "--allow-partial-start"]  # fmt: skip
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=sink, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process, log)
+    args = [str(fleet_config(tmp_path, minilm_path, broken)), "--allow-partial-start"]
+    with serving(["--config", *args], tmp_path / "server.log") as url:
         health = httpx.get(f"{url}/health").json()
         assert health == {"status": "ready", "models": {"good": "ready", "broken": "failed"}}
         described = {m["served_model_name"]: m for m in httpx.get(f"{url}/info").json()["models"]}
@@ -103,6 +94,3 @@ def test_with_allow_partial_start_the_others_serve_and_the_failed_model_is_repor
         refused = httpx.post(f"{url}/embed", json={"inputs": "x", "model": "broken"})
         assert refused.status_code == 503
         assert "failed to load" in refused.json()["error"]
-    finally:
-        process.terminate()
-        process.wait(timeout=60)

@@ -3,8 +3,6 @@ against its reference implementation, routing by `model`, and 422 for a route a 
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.test_command import command, free_port, wait_healthy
+from tests.integration.test_command import serving
 
 pytestmark = pytest.mark.integration
 
@@ -46,22 +44,8 @@ models:
 def fleet(minilm_path, splade_path, reranker_path, classifier_path, tmp_path_factory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("fleet")
     config = write_config(root / "models.yaml", minilm_path, splade_path, reranker_path, classifier_path)
-    port = free_port()
-    log = root / "server.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [command(), "--config", str(config), "--port", str(port), "--rate-limit-rps", "0"],
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process, log, timeout=240)
+    with serving(["--config", str(config), "--rate-limit-rps", "0"], root / "server.log", timeout=240) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def post(url: str, path: str, body: dict) -> httpx.Response:
