@@ -35,18 +35,27 @@ def command() -> str:
     return str(script)
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+def wait_healthy(
+    url: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 120,
+    *,
+    path: str = "/health",
+    name: str = "embedserve",
+) -> None:
+    """Poll ``url + path`` until it answers 200; fail with ``log`` if the process exits or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"embedserve exited with {process.returncode}: {log.read_text()}")
+            raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise TimeoutError("embedserve did not become healthy")
+    raise TimeoutError(f"{name} did not become ready: {log.read_text()[-2000:]}")
 
 
 @contextmanager

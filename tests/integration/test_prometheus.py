@@ -123,27 +123,15 @@ def fleet(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                          f"--storage.tsdb.path={root / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
                         root / "prometheus.log", env={**os.environ})  # fmt: skip
         running.processes.append(server)
-        _wait_ready(running.prometheus, server, root / "prometheus.log")
+        wait_healthy(
+            running.prometheus, server, root / "prometheus.log", timeout=30, path="/-/ready", name="prometheus"
+        )
         yield running
     finally:
         for process in running.processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {process.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"prometheus not ready: {log.read_text()[-2000:]}")
 
 
 def query(fleet: Running, expression: str) -> list[dict[str, Any]]:
