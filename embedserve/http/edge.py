@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from embedserve.core.capabilities import Capability
 from embedserve.core.priority import Priority
 from embedserve.core.registry import Registry
 from embedserve.core.runtime import Timings
@@ -89,6 +90,11 @@ class Operation:
     """Errors beyond those the error table's scopes give every route of its kind (``/health``'s 503)."""
     listed: bool
     """False for the document and docs page themselves."""
+
+    @property
+    def queued(self) -> bool:
+        """Its body is model work, which goes through admission and the batch queue (the tokenizer's does not)."""
+        return any(body.needs is not Capability.TOKENIZE for body in self.body)
 
 
 OPERATIONS: dict[Handler, Operation] = {}

@@ -221,8 +221,8 @@ def _operation(
         scopes.add("key")
     if any(field.key == "model" for body, _ in bodies for field in body.fields) or "model" in dict(params):
         scopes.add("model")
-    if any(body.needs is not Capability.TOKENIZE for body, _ in bodies):
-        scopes.add("queued")  # model work goes through admission and the batch queue; the tokenizer's does not
+    if bodies and op.queued:
+        scopes.add("queued")
     errors = [cls for cls in ERROR_TABLE if scope(cls) in scopes or cls in op.errors]
     for status in sorted({cls.status for cls in errors}):
         responses[str(status)] = _error_response([cls for cls in errors if cls.status == status], openai)

@@ -15,7 +15,7 @@ import uvicorn
 
 from embedserve.http.edge import AppContext
 from embedserve.http.protocol import Limits, protocol_class
-from embedserve.http.shedding import Shedder
+from embedserve.http.shedding import Shedder, queued_paths
 from embedserve.settings import ServerSettings, Settings
 
 
@@ -60,7 +60,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
 
 def _shedder(app: Any) -> Shedder | None:
     ctx = getattr(getattr(app, "state", None), "ctx", None)
-    return Shedder(ctx) if isinstance(ctx, AppContext) else None
+    return Shedder(ctx, queued_paths(app.routes)) if isinstance(ctx, AppContext) else None
 
 
 def listen(server: ServerSettings) -> socket.socket:

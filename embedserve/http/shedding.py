@@ -18,27 +18,36 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 
 import orjson
+from starlette.routing import BaseRoute, Route
 
 from embedserve.core.priority import Priority
 from embedserve.errors import OverloadedError, ValidationError, render_openai, render_tei
-from embedserve.http.edge import AppContext
+from embedserve.http.edge import OPERATIONS, AppContext
 from embedserve.http.priority import PRIORITY_HEADER, parse_priority
 from embedserve.http.web import REQUEST_ID_HEADER, is_openai_path
 
-QUEUED_ROUTES = frozenset(
-    {"/", "/embed", "/embed_sparse", "/similarity", "/v1/embeddings", "/embeddings", "/rerank", "/v1/rerank",
-     "/v2/rerank", "/predict"}
-)  # fmt: skip
-"""The POST routes whose work goes through a model's batch queue (the ones the predicted wait is about)."""
+
+def queued_paths(routes: Iterable[BaseRoute]) -> frozenset[str]:
+    """The POST paths whose declared body is model work (the ones the predicted wait is about), from the routes."""
+    return frozenset(
+        route.path
+        for route in routes
+        if isinstance(route, Route)
+        and "POST" in (route.methods or ())
+        and (op := OPERATIONS.get(route.endpoint)) is not None
+        and op.queued
+    )
 
 
 class Shedder:
     """Decides, from a parsed request head, whether to answer 429 at once; renders that answer."""
 
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, queued: frozenset[str]) -> None:
         self._ctx = ctx
+        self._queued = queued
 
     def answer(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> bytes | None:
         """The complete response bytes when the request is shed, else None (serve it normally). ``headers`` are the
@@ -46,7 +55,7 @@ class Shedder:
         if method != b"POST":
             return None
         path = target.split(b"?", 1)[0].decode("latin-1")
-        if path not in QUEUED_ROUTES:
+        if path not in self._queued:
             return None
         try:
             self._ctx.registry.shed(_lane(headers or []))
