@@ -246,15 +246,13 @@ TEXT: dict[str, Any] = {"type": "string", "minLength": 1}
 _BATCH_NOTE = "at most --max-client-batch-size (see /info) per request"
 
 
-def _texts_field(key: str, description: str, *, attr: str = "inputs", batched: bool = True) -> Field:
+def _texts_field(key: str, description: str, *, attr: str = "inputs") -> Field:
     def schema(served: Served) -> dict[str, Any]:
-        many: dict[str, Any] = {"type": "array", "items": TEXT, "minItems": 1}
-        if batched:
-            many["maxItems"] = served.max_client_batch_size
+        many = {"type": "array", "items": TEXT, "minItems": 1, "maxItems": served.max_client_batch_size}
         return {"anyOf": [TEXT, many]}
 
-    note = f"; {_BATCH_NOTE}" if batched else ""
-    return Field(key, lambda body: _texts(body, key), schema, f"{description}{note}.", attr=attr, required=True)
+    description = f"{description}; {_BATCH_NOTE}."
+    return Field(key, lambda body: _texts(body, key), schema, description, attr=attr, required=True)
 
 
 def _flag(key: str, default: bool, description: str, *, attr: str = "") -> Field:
@@ -348,7 +346,7 @@ parse_sparse = Body(
 parse_tokenize = Body(
     "TokenizeRequest",
     TokenizeRequest,
-    (_texts_field("inputs", "A text or a list of texts", batched=False),
+    (_texts_field("inputs", "A text or a list of texts"),
      _flag("add_special_tokens", True, "Add the model's special tokens."), PROMPT, MODEL),
     Capability.TOKENIZE,
     "Tokenize with the model's tokenizer.",
@@ -361,13 +359,15 @@ def _ids_schema(served: Served) -> dict[str, Any]:
     if served.vocab_size is not None:
         token["maximum"] = served.vocab_size - 1
     return {"anyOf": [{"type": "array", "items": token, "minItems": 1},
-                      {"type": "array", "items": {"type": "array", "items": token}, "minItems": 1}]}  # fmt: skip
+                      {"type": "array", "items": {"type": "array", "items": token}, "minItems": 1,
+                       "maxItems": served.max_client_batch_size}]}  # fmt: skip
 
 
 parse_decode = Body(
     "DecodeRequest",
     DecodeRequest,
-    (Field("ids", _ids, _ids_schema, "Token ids of the model's vocabulary, or lists of them.", required=True),
+    (Field("ids", _ids, _ids_schema, f"Token ids of the model's vocabulary, or lists of them; {_BATCH_NOTE}.",
+           required=True),
      _flag("skip_special_tokens", True, "Leave the special tokens out."), MODEL),
     Capability.TOKENIZE,
     "Decode token ids with the model's tokenizer.",

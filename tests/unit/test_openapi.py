@@ -107,6 +107,25 @@ def test_the_embed_schema_accepts_what_the_parser_accepts(sent: dict[str, Any], 
         assert parsed == accepted
 
 
+@pytest.mark.parametrize(
+    ("schema_name", "full", "over"),
+    [
+        ("TokenizeRequest", {"inputs": ["a"] * 32}, {"inputs": ["a"] * 33}),
+        ("DecodeRequest", {"ids": [[1]] * 32}, {"ids": [[1]] * 33}),
+        ("DecodeRequest", {"ids": [1] * 33}, None),  # one list of ids is one input, however long
+    ],
+)
+def test_tokenize_and_decode_document_the_batch_limit_their_handlers_enforce(
+    schema_name: str, full: dict[str, Any], over: dict[str, Any] | None
+):
+    """Both check --max-client-batch-size (32 by default) like the queued routes; a schema without it made
+    schemathesis send 34 texts the document allowed and the server refused."""
+    validator = jsonschema.Draft202012Validator(document(app_for())["components"]["schemas"][schema_name])
+    assert validator.is_valid(full)
+    if over is not None:
+        assert not validator.is_valid(over)
+
+
 def test_the_error_table_gives_each_route_its_statuses_in_its_family_shape():
     paths = document(app_for())["paths"]
     embed = paths["/embed"]["post"]["responses"]
