@@ -10,6 +10,7 @@ Example::
       trusted_proxies: [10.0.0.0/8]   # X-Forwarded-For is believed only from these
       rate_limit_rps: 80              # per key, as --rate-limit-rps (also rate_limit_burst, rate_limit_tpm)
       worker_auth: none               # or google-id-token: send workers a Google ID token (Cloud Run IAM)
+      otlp_endpoint: http://otel-collector:4317  # the gateway's own traces (optional; workers: --otlp-endpoint)
     models:
       - name: minilm                  # the served name clients use in `model`
         model_id: sentence-transformers/all-MiniLM-L6-v2
@@ -93,6 +94,10 @@ class GatewaySpec:
     worker_auth: str = "none"
     """``google-id-token``: every call to a worker carries an ID token from the metadata server, for workers that
     are private Cloud Run services (see :mod:`embedserve.gateway.identity`); ``none``: only the gateway token."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC endpoint for the gateway's spans, as the worker's ``--otlp-endpoint``; unset: no spans."""
+    otlp_service_name: str = "embedserve-gateway"
+    """The ``service.name`` of the gateway's spans."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ _GATEWAY_TYPES: dict[str, Any] = {
     "rate_limit_burst": int,
     "rate_limit_tpm": int,
     "worker_auth": str,
+    "otlp_endpoint": str,
+    "otlp_service_name": str,
 }
 
 

@@ -4,17 +4,23 @@ Each request gets a server span (continuing the client's W3C ``traceparent``) wi
 and inference, built afterwards from the pipeline's own timestamps, so tracing adds no work to the hot path. Each
 forward pass gets its own ``batch`` span, and every request's inference span links to the batches its inputs ran in.
 Spans carry the model, input and token counts, never input text or keys. With no endpoint nothing here runs.
+
+The gateway records its spans live instead (:meth:`Tracing.proxy_span`): a server span per request, continuing the
+client's trace, and a client span per worker attempt whose context is sent to that worker as its ``traceparent``,
+so a retried request shows both attempts and each worker's spans sit under the attempt that reached it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from embedserve.core.batching import Batch
-from embedserve.core.runtime import Timings
 from embedserve.settings import EdgeSettings
+
+if TYPE_CHECKING:  # the gateway uses this module too, and imports nothing of the core
+    from embedserve.core.batching import Batch
+    from embedserve.core.runtime import Timings
 
 _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 
@@ -90,7 +96,68 @@ class Tracing:
                 child.end(end_time=_ns(max(begin, end)))
         span.end(end_time=_ns(ended))
 
+    def proxy_span(self, name: str, headers: Mapping[str, str], started: float) -> ProxySpan:
+        """A gateway request's server span, open from ``started`` until :meth:`ProxySpan.end`."""
+        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        parent = TraceContextTextMapPropagator().extract(carrier=dict(headers))
+        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=_ns(started))
+        return ProxySpan(self._tracer, span)
+
     def shutdown(self) -> None:
         """Flush what is buffered and stop the exporter."""
         if self._provider is not None:
             self._provider.shutdown()
+
+
+class ProxySpan:
+    """One gateway request: its server span and a client span per worker attempt."""
+
+    def __init__(self, tracer: Any, span: Any) -> None:
+        self._tracer = tracer
+        self._span = span
+
+    def attempt(self, worker: str, model: str) -> WorkerCall:
+        """Open the span of one call to ``worker``; its ``headers`` carry the call's trace context."""
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        span = self._tracer.start_span(
+            "worker call",
+            context=trace.set_span_in_context(self._span),
+            kind=SpanKind.CLIENT,
+            attributes={"embedserve.worker": worker, "embedserve.model": model},
+        )
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier, context=trace.set_span_in_context(span))
+        return WorkerCall(span, carrier)
+
+    def end(self, attributes: dict[str, Any], ended: float) -> None:
+        """Close the request's span with what is known at the end (status, model, counts; never text or keys)."""
+        from opentelemetry.trace import Status, StatusCode
+
+        self._span.set_attributes(attributes)
+        if attributes.get("http.response.status_code", 200) >= 500:
+            self._span.set_status(Status(StatusCode.ERROR))
+        self._span.end(end_time=_ns(ended))
+
+
+class WorkerCall:
+    """The span of one call from the gateway to a worker; ``headers`` (``traceparent``, ``tracestate``) go with it."""
+
+    def __init__(self, span: Any, headers: dict[str, str]) -> None:
+        self._span = span
+        self.headers = headers
+
+    def end(self, outcome: int | str) -> None:
+        """Close it with the worker's status, or the name of the error that ended the call without one."""
+        from opentelemetry.trace import Status, StatusCode
+
+        if isinstance(outcome, int):
+            self._span.set_attribute("http.response.status_code", outcome)
+        else:
+            self._span.set_attribute("error.type", outcome)
+            self._span.set_status(Status(StatusCode.ERROR, outcome))
+        self._span.end()

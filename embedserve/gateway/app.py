@@ -3,7 +3,9 @@
 Every POST route of the worker API is proxied by its ``model`` (the fleet's first model when the body names none);
 the gateway checks API keys, applies the per-key governors, answers CORS, writes one access-log line per request
 (key id, model, route, inputs, tokens, status, time, worker; never a key or a text) and passes the client's
-``traceparent``/``tracestate`` on to the worker. ``/health``, ``/info`` and ``/v1/models`` speak for the whole fleet.
+``traceparent``/``tracestate`` on to the worker, or, with ``gateway.otlp_endpoint``, exports a span per request and
+per worker attempt and sends the attempt's context instead (:class:`embedserve.tracing.ProxySpan`). ``/health``,
+``/info`` and ``/v1/models`` speak for the whole fleet.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from embedserve.http.keys import ANONYMOUS, ApiKeys, read_gateway_token
 from embedserve.http.priority import PRIORITY_HEADER
 from embedserve.http.web import REQUEST_ID_HEADER, error_response, json_response, read_json_body, request_id
 from embedserve.settings import EdgeSettings, ServerSettings
+from embedserve.tracing import ProxySpan, Tracing
 
 access_log = logging.getLogger("embedserve.access")
 
@@ -64,6 +67,7 @@ class GatewayContext:
     payload_limit: int
     body_timeout: float
     metrics: GatewayMetrics
+    tracing: Tracing
 
 
 def gateway_token(fleet: Fleet, environ: dict[str, str]) -> str | None:
@@ -115,6 +119,7 @@ async def proxied(request: Request) -> Response:
     started = time.perf_counter()
     ctx: GatewayContext = request.app.state.gateway
     kid, model, inputs, tokens, worker = ANONYMOUS, "-", 0, 0, "-"
+    span = ctx.tracing.proxy_span(f"POST {request.url.path}", request.headers, started) if ctx.tracing.enabled else None
     try:
         kid = ctx.keys.authenticate(request.headers.get("authorization"))
         identity = kid if ctx.keys.enabled else client_address(request, ctx.trusted_proxies)
@@ -128,7 +133,7 @@ async def proxied(request: Request) -> Response:
         lane = ctx.keys.priority(kid)
         if lane is not None and PRIORITY_HEADER not in request.headers and not names_lane:
             headers[PRIORITY_HEADER] = lane.value  # the key's default lane, for the worker (it checks no keys)
-        answer = await ctx.proxy.forward(model, request.url.path, body, headers)
+        answer = await ctx.proxy.forward(model, request.url.path, body, headers, span)
         worker = answer.worker
         tokens = int(answer.headers.get("x-compute-tokens", "0") or 0)
         ctx.governor.charge_tokens(identity, tokens)
@@ -138,12 +143,14 @@ async def proxied(request: Request) -> Response:
     except Exception:  # any other failure is a generic 500, details in the log only
         access_log.exception("gateway request %s failed", request_id(request))
         response = error_response(request, BackendError(f"internal error (request id {request_id(request)})"))
-    _record(request, response.status_code, started, model=model, inputs=inputs, tokens=tokens, kid=kid, worker=worker)
+    _record(request, response.status_code, started, span, model=model, inputs=inputs, tokens=tokens, kid=kid,
+            worker=worker)  # fmt: skip
     return response
 
 
-def _record(request: Request, status: int, started: float, **fields: Any) -> None:
-    seconds = time.perf_counter() - started
+def _record(request: Request, status: int, started: float, span: ProxySpan | None, **fields: Any) -> None:
+    ended = time.perf_counter()
+    seconds = ended - started
     ctx: GatewayContext = request.app.state.gateway
     ctx.metrics.observe(request.url.path, fields["model"], status, seconds)
     latency_ms = round(seconds * 1000, 2)
@@ -155,6 +162,12 @@ def _record(request: Request, status: int, started: float, **fields: Any) -> Non
                "latency_ms": latency_ms, "model": fields["model"], "inputs": fields["inputs"],
                "tokens": fields["tokens"], "key_id": fields["kid"], "worker": fields["worker"]},
     )  # fmt: skip
+    if span is not None:
+        span.end({"http.request.method": request.method, "http.route": request.url.path,
+                  "http.response.status_code": status, "embedserve.request_id": rid,
+                  "embedserve.model": fields["model"], "embedserve.inputs": fields["inputs"],
+                  "embedserve.tokens": fields["tokens"],
+                  "embedserve.key_id": fields["kid"], "embedserve.worker": fields["worker"]}, ended)  # fmt: skip
 
 
 async def health(request: Request) -> Response:
@@ -207,7 +220,8 @@ def create_gateway(
     spec = fleet.gateway
     edge = EdgeSettings(api_key_file=spec.api_key_file, cors_allow_origin=spec.cors_allow_origin,
                         rate_limit_rps=spec.rate_limit_rps, rate_limit_burst=spec.rate_limit_burst,
-                        rate_limit_tpm=spec.rate_limit_tpm)  # fmt: skip
+                        rate_limit_tpm=spec.rate_limit_tpm, otlp_endpoint=spec.otlp_endpoint,
+                        otlp_service_name=spec.otlp_service_name)  # fmt: skip
     server = ServerSettings()
     client = WorkerClient()  # keep-alive aiohttp session, made at startup (see embedserve.gateway.client)
     env = dict(os.environ if environ is None else environ)
@@ -226,6 +240,7 @@ def create_gateway(
         payload_limit=server.payload_limit,
         body_timeout=server.body_timeout,
         metrics=GatewayMetrics(workers),
+        tracing=Tracing(edge),  # loads the OpenTelemetry SDK only when gateway.otlp_endpoint is set
     )
 
     @contextlib.asynccontextmanager
@@ -240,6 +255,7 @@ def create_gateway(
                 await poller
             await workers.close()
             await client.close()
+            ctx.tracing.shutdown()
 
     middleware = []
     if spec.cors_allow_origin:

@@ -30,6 +30,7 @@ from embedserve.errors import UnhealthyError
 from embedserve.gateway.client import WorkerClient
 from embedserve.gateway.identity import IdentityTokenError, WorkerAuth
 from embedserve.gateway.workers import Workers
+from embedserve.tracing import ProxySpan
 
 log = logging.getLogger("embedserve.gateway")
 
@@ -73,9 +74,11 @@ class Proxy:
         self._client = client
         self._auth = auth
 
-    async def forward(self, model: str, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+    async def forward(
+        self, model: str, path: str, body: bytes, headers: Mapping[str, str], trace: ProxySpan | None = None
+    ) -> Answer:
         """POST ``body`` to ``path`` on a live replica of ``model``; raises UnhealthyError (503) when none can take
-        it."""
+        it. With ``trace``, each attempt is a span whose context the worker gets as its ``traceparent``."""
         pool = self.workers.pool(model)
         sent = {name: headers[name] for name in FORWARDED_REQUEST_HEADERS if name in headers}
         tried: set[str] = set()
@@ -94,13 +97,18 @@ class Proxy:
             except IdentityTokenError as exc:
                 log.error("no identity token for %s: %s", worker.url, exc)
                 raise UnhealthyError(f"the gateway cannot authenticate to the workers of model {model!r}") from exc
+            attempt = trace.attempt(worker.url, model) if trace is not None else None
+            traced = attempt.headers if attempt is not None else {}
+            outcome: int | str = "aborted"  # cancelled (the client left) or an error none of the cases below expects
             worker.in_flight += 1
             try:
-                call = self._client.session.post(f"{worker.url}{path}", data=body, headers={**sent, **auth})
+                call = self._client.session.post(f"{worker.url}{path}", data=body, headers={**sent, **traced, **auth})
                 async with call as response:
                     content = await response.read()
                     status, answered = response.status, kept_headers(response.headers)
+                outcome = status
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                outcome = type(exc).__name__
                 log.warning("cannot connect to %s (%s); trying another replica of %s", worker.url, exc, model)
                 self.workers.mark_down(worker)
                 continue
@@ -111,6 +119,7 @@ class Proxy:
                 aiohttp.ClientPayloadError,
             ) as exc:
                 # The worker closed the connection before any byte of its answer: it died mid-request.
+                outcome = type(exc).__name__
                 self.workers.mark_down(worker)
                 resets += 1
                 if resets > MAX_RESETS:
@@ -120,9 +129,12 @@ class Proxy:
                 log.warning("%s closed the connection mid-request (%s); retrying on another replica", worker.url, exc)
                 continue
             except (aiohttp.ClientError, TimeoutError) as exc:  # a timeout: the worker is alive but did not answer
+                outcome = type(exc).__name__
                 raise UnhealthyError(f"worker of model {model!r} did not answer: {type(exc).__name__}") from exc
             finally:
                 worker.in_flight -= 1
+                if attempt is not None:
+                    attempt.end(outcome)
             return Answer(status, answered, content, worker.url)
 
     async def get(self, model: str, path: str) -> Answer | None:
