@@ -14,6 +14,7 @@ This module imports neither starlette nor torch, so the core and the engines can
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -32,6 +33,12 @@ class EmbedServeError(Exception):
         self.message = message
         self.param = param
         self.headers: dict[str, str] = headers or {}
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    """When to try again, ``seconds`` from now: ``Retry-After`` in whole seconds (at least 1, as HTTP has it) and
+    ``Retry-After-Ms``, the same wait to the millisecond, which the OpenAI SDKs read before ``Retry-After``."""
+    return {"Retry-After": str(max(1, math.ceil(seconds))), "Retry-After-Ms": str(max(1, math.ceil(seconds * 1000)))}
 
 
 class EmptyInputError(EmbedServeError):

@@ -6,8 +6,9 @@ Two bounds, checked in this order:
   memory bound, whatever the model's speed.
 * **Predicted wait** (``--max-queue-time``): the tokens admitted ahead of a request, divided by the tokens per
   second the model has been measured to compute, is how long it would wait for its first forward pass. Over the
-  limit, it gets 429 at once, with ``Retry-After`` from the time the work ahead needs to drain to the limit. A client
-  deadline shorter than the predicted wait gets 504 at once: nothing would be computed in time.
+  limit, it gets 429 at once, with ``Retry-After`` (and ``Retry-After-Ms``) from the time the work ahead needs to
+  drain to the limit. A client deadline shorter than the predicted wait gets 504 at once: nothing would be computed
+  in time.
 
 The tokens ahead are the real token counts of queued and running inputs (kept by the
 :class:`~embedserve.core.batching.BatchQueue`) plus an estimate, from characters, for requests still being
@@ -26,7 +27,7 @@ import math
 from collections.abc import Sequence
 
 from embedserve.core.priority import LANES, LaneLimits, Priority
-from embedserve.errors import DeadlineExceededError, OverloadedError
+from embedserve.errors import DeadlineExceededError, OverloadedError, retry_headers
 
 THROUGHPUT_HORIZON_S = 5.0
 """Busy seconds over which the measured speed is averaged: old batches weigh e^-1 after this much compute."""
@@ -126,10 +127,10 @@ class Admission:
         slots, limit = limits.slots(priority), limits.wait(priority)
         if self.in_use + n > slots:
             # Without a prediction (turned off), the first slot to free up is the best guess: a second.
-            retry = _retry_after(wait, limit) if limit > 0 else "1"
+            retry = retry_headers(wait - limit if limit > 0 else 1.0)
             taken = f"all {self.capacity} input slots are taken" if slots == self.capacity else (
                 f"{self.in_use} input slots are taken and {priority} priority may use {slots}")  # fmt: skip
-            raise OverloadedError(f"model {name!r} is overloaded: {taken}; retry soon", headers={"Retry-After": retry})
+            raise OverloadedError(f"model {name!r} is overloaded: {taken}; retry soon", headers=retry)
         self._refuse_over_limit(wait, limit, name, priority)
         if deadline_in is not None and wait > deadline_in:
             raise DeadlineExceededError(
@@ -155,7 +156,7 @@ class Admission:
             raise OverloadedError(
                 f"model {name!r} is overloaded: the predicted wait of {wait:.2f} s is over the {limit:g} s limit "
                 f"({which}); retry after the Retry-After seconds",
-                headers={"Retry-After": _retry_after(wait, limit)},
+                headers=retry_headers(wait - limit),
             )
 
     def tokenized(self, estimate: float, priority: Priority = Priority.NORMAL) -> None:
@@ -176,8 +177,3 @@ class Admission:
             return
         self._idle = asyncio.Event()
         await self._idle.wait()
-
-
-def _retry_after(wait: float, limit: float) -> str:
-    """Whole seconds (at least 1) until the predicted wait is back under ``limit``: the time to drain the excess."""
-    return str(max(1, math.ceil(wait - limit)))

@@ -40,7 +40,14 @@ from embedserve.gateway.workers import HEALTH_INTERVAL, Workers
 from embedserve.http.governor import Governor
 from embedserve.http.keys import ANONYMOUS, ApiKeys, read_gateway_token
 from embedserve.http.priority import PRIORITY_HEADER
-from embedserve.http.web import REQUEST_ID_HEADER, error_response, json_response, read_json_body, request_id
+from embedserve.http.web import (
+    EXPOSED_HEADERS,
+    REQUEST_ID_HEADER,
+    error_response,
+    json_response,
+    read_json_body,
+    request_id,
+)
 from embedserve.settings import EdgeSettings, ServerSettings
 from embedserve.tracing import ProxySpan, Tracing
 
@@ -49,8 +56,6 @@ access_log = logging.getLogger("embedserve.access")
 PROXIED = ("/embed", "/embed_sparse", "/rerank", "/v1/rerank", "/predict", "/tokenize", "/decode", "/v1/embeddings",
            "/embeddings")  # fmt: skip
 """The worker routes the gateway forwards, by the body's ``model``."""
-EXPOSED_HEADERS = ["x-request-id", "x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time",
-                   "x-compute-tokens", "x-compute-characters", "x-cache-hits", "retry-after"]  # fmt: skip
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

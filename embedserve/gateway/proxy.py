@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from embedserve.errors import UnhealthyError
+from embedserve.errors import UnhealthyError, retry_headers
 from embedserve.gateway.client import WorkerClient
 from embedserve.gateway.identity import IdentityTokenError, WorkerAuth
 from embedserve.gateway.workers import Workers
@@ -89,7 +89,7 @@ class Proxy:
                 raise UnhealthyError(
                     f"model {model!r} has no live worker right now ({len(pool.workers)} configured, "
                     f"{len(tried)} tried); retry shortly",
-                    headers={"Retry-After": "1"},
+                    headers=retry_headers(1.0),
                 )
             tried.add(worker.url)
             try:

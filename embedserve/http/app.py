@@ -29,14 +29,12 @@ from embedserve.http.edge import AppContext, HeadGuard, handle_http_exception
 from embedserve.http.governor import Governor
 from embedserve.http.keys import ApiKeys, GatewayToken
 from embedserve.http.routes import docs, openai, root, scoring, tei, tokens
+from embedserve.http.web import EXPOSED_HEADERS
 from embedserve.metrics import Metrics
 from embedserve.settings import Settings, SettingsError
 from embedserve.tracing import Tracing
 
 log = logging.getLogger("embedserve.app")
-
-EXPOSED_HEADERS = ["x-request-id", "x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time",
-                   "x-compute-tokens", "x-compute-characters", "x-cache-hits", "retry-after"]  # fmt: skip
 
 
 def create_app(

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from embedserve.errors import RateLimitedError
+from embedserve.errors import RateLimitedError, retry_headers
 from embedserve.settings import EdgeSettings
 
 Clock = Callable[[], float]
@@ -94,8 +94,7 @@ class Governor:
 
 
 def _limited(what: str, wait: float) -> None:
-    retry_after = max(1, math.ceil(wait))
     raise RateLimitedError(
-        f"rate limited: this key is over its {what}; retry after {retry_after} s",
-        headers={"Retry-After": str(retry_after)},
+        f"rate limited: this key is over its {what}; retry after {max(1, math.ceil(wait))} s",
+        headers=retry_headers(wait),
     )

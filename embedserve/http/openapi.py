@@ -287,5 +287,9 @@ def _error_response(classes: list[type[EmbedServeError]], openai: bool) -> dict[
     headers = dict(_REQUEST_ID)
     if any(cls.status == 429 for cls in classes):
         headers["retry-after"] = {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}
+        headers["retry-after-ms"] = {
+            "description": "The same wait in milliseconds (the OpenAI SDKs read it first).",
+            "schema": {"type": "string"},
+        }
     return {"description": "; ".join(dict.fromkeys(names)), "headers": headers,
             "content": {"application/json": {"schema": schema}}}  # fmt: skip

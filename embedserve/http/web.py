@@ -25,6 +25,11 @@ from embedserve.errors import (
 )
 from embedserve.http.protocol import CLOSE, STATE_KEY
 
+EXPOSED_HEADERS = ["x-request-id", "x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time",
+                   "x-compute-tokens", "x-compute-characters", "x-cache-hits", "retry-after",
+                   "retry-after-ms"]  # fmt: skip
+"""Answer headers a browser page may read across origins (CORS), on the server and the gateway alike."""
+
 if TYPE_CHECKING:  # the gateway uses this module too, and must not load the core and its engines
     from embedserve.core.runtime import Timings
 

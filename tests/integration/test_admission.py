@@ -50,6 +50,7 @@ def test_a_request_predicted_to_wait_past_max_queue_time_gets_429_with_retry_aft
             assert refused.json()["error"]["code"] == "overloaded"
             assert "predicted wait" in refused.json()["error"]["message"]
             assert refused.headers["retry-after"] == str(max(1, math.ceil(wait - 0.1)))
+            assert 0 < int(refused.headers["retry-after-ms"]) <= 1000 * int(refused.headers["retry-after"])
             tei = await client.post("/embed", json={"inputs": "a short query"})
             assert tei.status_code == 429
             assert tei.json()["error_type"] == "Overloaded"

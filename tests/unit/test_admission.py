@@ -33,6 +33,7 @@ def test_a_predicted_wait_over_the_limit_is_refused_with_retry_after_the_excess_
     with pytest.raises(OverloadedError) as refused:
         admission.admit(1, 10.0, tokens_ahead=3_500.0, deadline_in=None, name="m")  # 3.5 s + 0.01 s tokenizing
     assert refused.value.headers["Retry-After"] == "3"  # ceil(3.51 - 1.0)
+    assert refused.value.headers["Retry-After-Ms"] == "2510"  # what the OpenAI SDKs wait, when present
     assert "predicted wait of 3.51 s" in refused.value.message
     assert admission.in_use == 1
 
@@ -44,6 +45,7 @@ def test_max_queue_time_0_turns_the_prediction_off_and_leaves_the_slots():
         admission.admit(1, 5.0, tokens_ahead=0.0, deadline_in=None, name="m")
     assert "input slots are taken" in refused.value.message
     assert refused.value.headers["Retry-After"] == "1"
+    assert refused.value.headers["Retry-After-Ms"] == "1000"
 
 
 def test_a_deadline_shorter_than_the_predicted_wait_is_refused_with_504():

@@ -56,7 +56,7 @@ def test_retry_after_is_the_whole_seconds_until_a_token_is_back():
     governor.admit("k")
     with pytest.raises(RateLimitedError) as limited:
         governor.admit("k")
-    assert limited.value.headers == {"Retry-After": "4"}
+    assert limited.value.headers == {"Retry-After": "4", "Retry-After-Ms": "4000"}
     assert limited.value.error_type == "RateLimited"
     clock.now += 3.9
     assert not admitted(governor)
@@ -81,7 +81,7 @@ def test_the_token_budget_is_charged_with_real_tokens_and_blocks_while_in_debt()
     governor.charge_tokens("k", 400)  # 300 in debt
     with pytest.raises(RateLimitedError, match="token budget") as limited:
         governor.admit("k")
-    assert limited.value.headers == {"Retry-After": "30"}
+    assert limited.value.headers == {"Retry-After": "30", "Retry-After-Ms": "30000"}
     clock.now += 29.0
     assert not admitted(governor)
     clock.now += 1.5
