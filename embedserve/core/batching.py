@@ -12,6 +12,7 @@ Ownership and threads:
 * Each priority lane (:mod:`embedserve.core.priority`) has its own queue; a batch holds one lane's inputs, the lane
   chosen by :class:`~embedserve.core.priority.LaneChooser` (higher first, a waiting lane passed over at most
   :data:`~embedserve.core.priority.MAX_PASSES` batches in a row).
+* While a higher lane is in use, a lower lane's batches are cut short (:class:`~embedserve.core.priority.YieldBudget`).
 * An input whose job's deadline passed while it waited is never computed: the packer drops it and fails its job
   with :class:`~embedserve.errors.DeadlineExceededError`.
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 from typing import Any
 
-from embedserve.core.priority import LANES, LaneChooser, Priority
+from embedserve.core.priority import LANES, LaneChooser, Priority, YieldBudget
 from embedserve.errors import DeadlineExceededError, UnhealthyError
 
 MIN_PACK_WINDOW = 32
@@ -245,6 +246,7 @@ class BatchQueue:
         self._closed = False
         self._running_tokens = 0
         self._window = MIN_PACK_WINDOW
+        self._yield = YieldBudget()
 
     def __len__(self) -> int:
         return sum(map(len, self._lanes.values()))
@@ -285,6 +287,7 @@ class BatchQueue:
                 raise UnhealthyError("the model is shutting down")
             self._lanes[job.priority].extend(entries)
             self._lane_tokens[job.priority] += sum(entry.cost for entry in entries)
+            self._yield.queued(job.priority, time.perf_counter())
             self._cond.notify()
 
     def discard(self, job: Job) -> None:
@@ -306,9 +309,13 @@ class BatchQueue:
         return dropped
 
     def done(self, batch: Batch) -> None:
-        """A batch from :meth:`take` has been computed (or failed): its tokens are no longer ahead. Backend side."""
+        """A batch from :meth:`take` has been computed (or failed): its tokens are no longer ahead, and a computed
+        one's time joins the lanes' timings (:class:`~embedserve.core.priority.YieldBudget`). Backend side."""
         with self._cond:
             self._running_tokens = max(0, self._running_tokens - batch.real_tokens)
+            if batch.entries and batch.t_end > batch.t_start:
+                lane = batch.entries[0].job.priority
+                self._yield.computed(lane, batch.t_end - batch.t_start, batch.padded_tokens)
 
     def take(self, *, block: bool) -> Batch | None:
         """The next packed batch. Backend side. Returns None when closed (or, with ``block=False``, when empty)."""
@@ -332,7 +339,9 @@ class BatchQueue:
             image = window[0].pixels is not None
             alike = [i for i, entry in enumerate(window) if (entry.pixels is not None) is image]
             lengths = [window[i].cost for i in alike]
-            chosen = [alike[k] for k in pack(lengths, self._max_tokens, self._max_requests, self._overhead_tokens)]
+            budget = self._yield.tokens(lane, time.perf_counter())
+            limit = self._max_tokens if budget is None else min(self._max_tokens, budget)
+            chosen = [alike[k] for k in pack(lengths, limit, self._max_requests, self._overhead_tokens)]
             picked = set(chosen)
             entries = [window[i] for i in chosen]
             self._lanes[lane] = [entry for i, entry in enumerate(window) if i not in picked] + pending[size:]

@@ -8,6 +8,11 @@ Three lanes, top first: ``high`` (interactive queries), ``normal`` (the default)
   lane's next batch is at most :data:`STARVATION_BOUND` (4) batches of other lanes away. Under a flood of every lane
   the batches go high, high, normal, low, over and over (shares 2:1:1); with two lanes flooded the lower one gets
   one batch in four.
+* **Yielding** (:class:`YieldBudget`). A running forward pass cannot be interrupted, so while a higher lane is in
+  use (a request of it was queued in the last :data:`ACTIVE_WINDOW_S`), a lower lane's batches are cut to about the
+  compute time of the higher lane's own recent batches: a newly arrived interactive query then waits for at most
+  about one of its own forward passes before its own. The lower lane's throughput drops meanwhile (smaller batches,
+  each paying the fixed cost of a pass) and is back to full batches a second after the higher lane goes quiet.
 * **Admission** (:class:`LaneLimits`). ``high`` may fill every slot and is refused over ``--max-queue-time``;
   ``normal`` leaves ``--priority-reserve`` of the slots free for ``high``; ``low`` may use ``--low-priority-share``
   of the slots and of ``--max-queue-time``. A lane's predicted wait counts the work ahead of it: queued inputs of
@@ -53,6 +58,50 @@ MAX_PASSES = 3
 STARVATION_BOUND = MAX_PASSES + len(LANES) - 2
 """The most batches of other lanes that can run while a lane has inputs waiting (4 with three lanes): a lane due
 after :data:`MAX_PASSES` may still wait for the other lanes that are due at the same moment, one batch each."""
+
+
+ACTIVE_WINDOW_S = 1.0
+"""A lane counts as in use for this long after a request of it was queued. A second covers the gap between one
+user's queries, and costs the lower lanes at most a second of short batches after the last one."""
+
+TIMING_WEIGHT = 0.2
+"""Weight of the newest batch in the running averages of batch time."""
+
+
+class YieldBudget:
+    """How long each lane's batches take, and from that the padded-token budget of a lower lane's batch while a
+    higher lane is in use. Owned by the batch queue (called under its lock)."""
+
+    def __init__(self) -> None:
+        self._last_queued = dict.fromkeys(LANES, float("-inf"))
+        self._lane_seconds: dict[Priority, float | None] = dict.fromkeys(LANES)
+        """Average compute time of each lane's batches."""
+        self._seconds_per_token: float | None = None
+        """Average compute time per padded token, over every batch."""
+
+    def queued(self, lane: Priority, now: float) -> None:
+        """A request of ``lane`` was queued at ``now`` (``time.perf_counter()``)."""
+        self._last_queued[lane] = now
+
+    def computed(self, lane: Priority, seconds: float, padded_tokens: int) -> None:
+        """A batch of ``lane`` took ``seconds`` to compute ``padded_tokens``."""
+        self._lane_seconds[lane] = _average(self._lane_seconds[lane], seconds)
+        self._seconds_per_token = _average(self._seconds_per_token, seconds / max(1, padded_tokens))
+
+    def tokens(self, lane: Priority, now: float) -> int | None:
+        """The padded-token budget of a ``lane`` batch: what the in-use higher lanes' own batches take to compute,
+        in this model's measured time per token (the packer always takes one input, whatever the budget). None when
+        no higher lane is in use, or before there is a measurement to go by."""
+        busy = [self._lane_seconds[higher] for higher in LANES[: lane.rank]
+                if now - self._last_queued[higher] < ACTIVE_WINDOW_S]  # fmt: skip
+        known = [seconds for seconds in busy if seconds is not None]
+        if not known or self._seconds_per_token is None:
+            return None
+        return max(1, int(min(known) / self._seconds_per_token))
+
+
+def _average(current: float | None, sample: float) -> float:
+    return sample if current is None else current + TIMING_WEIGHT * (sample - current)
 
 
 class LaneChooser:

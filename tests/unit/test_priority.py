@@ -10,7 +10,16 @@ import pytest
 
 from embedserve.core.admission import Admission, Throughput
 from embedserve.core.batching import BatchQueue, Job
-from embedserve.core.priority import LANES, MAX_PASSES, STARVATION_BOUND, LaneChooser, LaneLimits, Priority
+from embedserve.core.priority import (
+    ACTIVE_WINDOW_S,
+    LANES,
+    MAX_PASSES,
+    STARVATION_BOUND,
+    LaneChooser,
+    LaneLimits,
+    Priority,
+    YieldBudget,
+)
 from embedserve.errors import OverloadedError
 
 pytestmark = pytest.mark.unit
@@ -95,6 +104,53 @@ def test_a_queued_low_input_runs_within_the_bound_while_high_work_keeps_arriving
         assert taken == [HIGH] * MAX_PASSES + [LOW]
 
     _queue_scenario(scenario)
+
+
+def test_a_lower_lane_gets_a_budget_of_the_in_use_higher_lanes_batch_time_in_tokens():
+    budget = YieldBudget()
+    assert budget.tokens(LOW, 0.0) is None  # nothing measured, no higher lane in use
+    budget.queued(HIGH, 10.0)
+    assert budget.tokens(LOW, 10.0) is None  # in use, but no batch timed yet
+    budget.computed(HIGH, 0.004, 40)  # 4 ms for 40 padded tokens: 0.1 ms per token
+    assert budget.tokens(LOW, 10.0) == 40
+    assert budget.tokens(NORMAL, 10.0) == 40
+    assert budget.tokens(HIGH, 10.0) is None  # nothing is above the top lane
+    assert budget.tokens(LOW, 10.0 + ACTIVE_WINDOW_S) is None  # high went quiet: full batches again
+    budget.queued(NORMAL, 10.5)
+    budget.computed(NORMAL, 0.050, 500)
+    assert budget.tokens(LOW, 10.6) == pytest.approx(40, abs=1)  # the shortest in-use higher lane's batches
+    assert budget.tokens(LOW, 10.0 + ACTIVE_WINDOW_S) == pytest.approx(500, rel=0.2)  # only normal in use now
+    budget.computed(LOW, 0.001, 0)  # an empty batch cannot divide by zero
+    assert budget.tokens(LOW, 10.6) is not None
+
+
+def test_while_high_is_in_use_a_low_batch_is_cut_to_the_time_of_a_high_batch():
+    def scenario(loop: asyncio.AbstractEventLoop, queue: BatchQueue) -> None:
+        queue.put(Job(loop, 1, priority=HIGH), [[1] * 10])
+        high = queue.take(block=False)
+        assert high is not None
+        high.t_start, high.t_end = 1.0, 1.001  # 1 ms for 10 tokens
+        queue.done(high)
+        queue.put(Job(loop, 8, priority=LOW), [[1] * 5] * 8)
+        queue.put(Job(loop, 1, priority=LOW), [[1] * 50])
+        sizes = []
+        while (batch := queue.take(block=False)) is not None:
+            sizes.append(len(batch.entries))
+        # 10 padded tokens each, what one high batch took; the 50-token input, over the budget alone, still runs
+        assert sizes == [2, 2, 2, 2, 1]
+
+    def unhurried(loop: asyncio.AbstractEventLoop, queue: BatchQueue) -> None:
+        queue.put(Job(loop, 8, priority=LOW), [[1] * 5] * 8)
+        batch = queue.take(block=False)
+        assert batch is not None
+        assert len(batch.entries) == 8  # no high lane in use: one full batch
+
+    loop = asyncio.new_event_loop()
+    try:
+        scenario(loop, BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None))
+        unhurried(loop, BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None))
+    finally:
+        loop.close()
 
 
 def test_the_work_ahead_of_a_lane_is_its_own_and_higher_lanes_queues_plus_the_running_batch():
