@@ -186,9 +186,10 @@ def report(results: dict[str, Any]) -> str:
         "Without lanes (`normal under normal flood`) the same prober's p50 is "
         f"{num(_ratio(normal['p50_ms'], idle['p50_ms']))}x its idle one and {normal['refused']} of its "
         f"{normal['refused'] + normal['requests']} queries are refused. A running batch is never interrupted; while "
-        "high queries arrive, low batches are cut to about the time of a high one, so a high query waits for at "
-        "most about one of those plus its own. `model busy` is the share of the probing time the model spent in "
-        "forward passes (from `embedserve_batch_duration_seconds`): the flood saturates it. The polite flood "
+        "high queries arrive, low batches are cut to about the time of a high one, but never below one input, and "
+        "one bulk text (about 80 tokens) computes for about three times as long as the 9-token query: a high query "
+        "arriving mid-batch waits for that input, then runs. `model busy` is the share of the probing time the model "
+        "spent in forward passes (from `embedserve_batch_duration_seconds`): the flood saturates it. The polite flood "
         "retries a 429 after its `Retry-After-Ms`, as the OpenAI SDKs do; with 5 ms retries the refusals "
         "themselves take CPU from the model on a machine this small.",
         "",
