@@ -311,7 +311,7 @@ class ModelRuntime:
         admission = self.admission
         estimate = admission.estimate(characters, self._max_input_length) + images * info.image_tokens
         t0 = time.perf_counter()
-        admission.admit(
+        predicted = admission.admit(
             n, estimate, queue.tokens_ahead_of(priority), deadline_in=None if deadline is None else deadline - t0,
             name=self.name, priority=priority,
         )  # fmt: skip
@@ -337,6 +337,8 @@ class ModelRuntime:
         finally:
             admission.release(n)
         t_end = time.perf_counter()
+        if job.t_first_start is not None:
+            admission.waited(priority, predicted, job.t_first_start - t0)
         timings = Timings(
             started=t0,
             enqueued=job.t_enqueued,

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from embedserve.core.admission import Admission, Throughput
+from embedserve.core.admission import CALIBRATION_BOUNDS, Admission, Throughput, WaitCalibration
 from embedserve.core.batching import MIN_PACK_WINDOW, BatchQueue, Job
+from embedserve.core.priority import Priority
 from embedserve.errors import DeadlineExceededError, OverloadedError
 
 
@@ -46,6 +47,32 @@ def test_max_queue_time_0_turns_the_prediction_off_and_leaves_the_slots():
     assert "input slots are taken" in refused.value.message
     assert refused.value.headers["Retry-After"] == "1"
     assert refused.value.headers["Retry-After-Ms"] == "1000"
+
+
+def test_the_calibration_is_the_95th_percentile_of_actual_over_predicted_waits():
+    calibration = WaitCalibration()
+    assert calibration.factor == 1.0
+    for k in range(192):  # ratios 1.000 .. 1.382: the 95th percentile is about 1.364
+        calibration.observe(0.5, 0.5 * (1 + k * 0.002))
+    assert calibration.factor == pytest.approx(1.364, abs=0.004)  # recomputed every 16 requests
+    calibration.observe(0.01, 5.0)  # too short a prediction to compare: ignored
+    assert calibration.factor == pytest.approx(1.364, abs=0.004)
+    for _ in range(256):  # the tail moves with what happens now, within bounds
+        calibration.observe(0.2, 100.0)
+    assert calibration.factor == CALIBRATION_BOUNDS[1]
+
+
+def test_admission_scales_each_lanes_prediction_by_its_calibration_and_returns_the_raw_figure():
+    admission = Admission(512, max_queue_time=1.0, throughput=Throughput(1_000.0))
+    raw = admission.admit(1, 1.0, tokens_ahead=800.0, deadline_in=None, name="m")
+    assert raw == pytest.approx(0.8)
+    for _ in range(32):  # normal requests have been waiting 1.5 times their prediction
+        admission.waited(Priority.NORMAL, 0.4, 0.6)
+    assert admission.predicted_wait(800.0) == pytest.approx(1.2)
+    with pytest.raises(OverloadedError) as refused:
+        admission.admit(1, 1.0, tokens_ahead=800.0, deadline_in=None, name="m")  # (0.8 + 0.001) x 1.5: over 1 s
+    assert "predicted wait of 1.20 s" in refused.value.message
+    admission.admit(1, 1.0, tokens_ahead=800.0, deadline_in=None, name="m", priority=Priority.HIGH)  # its own
 
 
 def test_a_deadline_shorter_than_the_predicted_wait_is_refused_with_504():
