@@ -234,6 +234,7 @@ class BatchQueue:
         max_batch_tokens: int,
         max_batch_requests: int | None,
         overhead_tokens: float = 0.0,
+        lane_yield: bool = True,
     ) -> None:
         self._loop = loop
         self._max_tokens = max_batch_tokens
@@ -246,7 +247,7 @@ class BatchQueue:
         self._closed = False
         self._running_tokens = 0
         self._window = MIN_PACK_WINDOW
-        self._yield = YieldBudget()
+        self._yield = YieldBudget() if lane_yield else None
 
     def __len__(self) -> int:
         return sum(map(len, self._lanes.values()))
@@ -287,7 +288,8 @@ class BatchQueue:
                 raise UnhealthyError("the model is shutting down")
             self._lanes[job.priority].extend(entries)
             self._lane_tokens[job.priority] += sum(entry.cost for entry in entries)
-            self._yield.queued(job.priority, time.perf_counter())
+            if self._yield is not None:
+                self._yield.queued(job.priority, time.perf_counter())
             self._cond.notify()
 
     def discard(self, job: Job) -> None:
@@ -313,7 +315,7 @@ class BatchQueue:
         one's time joins the lanes' timings (:class:`~embedserve.core.priority.YieldBudget`). Backend side."""
         with self._cond:
             self._running_tokens = max(0, self._running_tokens - batch.real_tokens)
-            if batch.entries and batch.t_end > batch.t_start:
+            if self._yield is not None and batch.entries and batch.t_end > batch.t_start:
                 lane = batch.entries[0].job.priority
                 self._yield.computed(lane, batch.t_end - batch.t_start, batch.padded_tokens)
 
@@ -339,7 +341,7 @@ class BatchQueue:
             image = window[0].pixels is not None
             alike = [i for i, entry in enumerate(window) if (entry.pixels is not None) is image]
             lengths = [window[i].cost for i in alike]
-            budget = self._yield.tokens(lane, time.perf_counter())
+            budget = None if self._yield is None else self._yield.tokens(lane, time.perf_counter())
             limit = self._max_tokens if budget is None else min(self._max_tokens, budget)
             chosen = [alike[k] for k in pack(lengths, limit, self._max_requests, self._overhead_tokens)]
             picked = set(chosen)

@@ -162,6 +162,7 @@ class ModelRuntime:
             max_batch_tokens=self.spec.max_batch_tokens,
             max_batch_requests=self.spec.max_batch_requests,
             overhead_tokens=self.batch_overhead_tokens,
+            lane_yield=self.spec.lane_yield,
         )
         self._backend = backend
         backend.serve(model, self._queue, functools.partial(self._observe, on_batch))

@@ -145,10 +145,22 @@ def test_while_high_is_in_use_a_low_batch_is_cut_to_the_time_of_a_high_batch():
         assert batch is not None
         assert len(batch.entries) == 8  # no high lane in use: one full batch
 
+    def not_yielding(loop: asyncio.AbstractEventLoop, queue: BatchQueue) -> None:
+        queue.put(Job(loop, 1, priority=HIGH), [[1] * 10])
+        high = queue.take(block=False)
+        assert high is not None
+        high.t_start, high.t_end = 1.0, 1.001
+        queue.done(high)
+        queue.put(Job(loop, 8, priority=LOW), [[1] * 5] * 8)
+        batch = queue.take(block=False)
+        assert batch is not None
+        assert len(batch.entries) == 8  # --no-lane-yield: full batches whatever the higher lanes do
+
     loop = asyncio.new_event_loop()
     try:
         scenario(loop, BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None))
         unhurried(loop, BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None))
+        not_yielding(loop, BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None, lane_yield=False))
     finally:
         loop.close()
 

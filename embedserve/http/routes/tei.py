@@ -150,6 +150,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         "max_concurrent_requests": spec.max_concurrent_requests,
         "priority_reserve": spec.priority_reserve,
         "low_priority_share": spec.low_priority_share,
+        "lane_yield": spec.lane_yield,
         "max_batch_tokens": spec.max_batch_tokens,
         "max_batch_requests": spec.max_batch_requests,
         "max_client_batch_size": spec.max_client_batch_size,
