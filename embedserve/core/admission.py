@@ -76,9 +76,14 @@ CALIBRATION_SAMPLES = 512
 CALIBRATION_QUANTILE = 0.99
 """The share of admitted requests whose wait should stay within the limit (a p99 bound, as the issue's target)."""
 
+MIN_CALIBRATED_SHARE = 0.5
+"""Only predictions of at least this share of the lane's limit are compared with what happened: the calibration is
+for the waits admission decides on. A short prediction's error is mostly the batch already running, which adds the
+same few tens of milliseconds whatever the queue holds; scaling a full queue's prediction by that ratio refused work
+the model had time for (128 clients in closed loop lost a quarter of their throughput)."""
+
 MIN_CALIBRATED_WAIT_S = 0.05
-"""Predictions shorter than this are not compared with what happened: a few milliseconds of scheduling noise would
-swamp them."""
+"""Nor predictions shorter than this (a lane limit of 0.1 s or less): scheduling noise would swamp them."""
 
 CALIBRATION_BOUNDS = (0.5, 4.0)
 """How far the measured ratio may move a prediction, either way."""
@@ -87,7 +92,7 @@ CALIBRATION_BOUNDS = (0.5, 4.0)
 class WaitCalibration:
     """How much longer (or shorter) admitted requests of one lane really waited for their first forward pass than
     predicted: the :data:`CALIBRATION_QUANTILE` of actual / predicted over the last :data:`CALIBRATION_SAMPLES`
-    requests predicted to wait at least :data:`MIN_CALIBRATED_WAIT_S`.
+    requests predicted to wait at least half their lane's limit (:data:`MIN_CALIBRATED_SHARE`).
 
     The raw prediction (tokens ahead / measured tokens per second) is right on average but not at the tail: packing
     lets younger inputs of similar length ride ahead of older ones, the speed moves with the traffic's lengths, and a
@@ -99,9 +104,10 @@ class WaitCalibration:
         self._fresh = 0
         self.factor = 1.0
 
-    def observe(self, predicted: float, actual: float) -> None:
-        """A request predicted to wait ``predicted`` seconds started computing after ``actual``."""
-        if predicted < MIN_CALIBRATED_WAIT_S:
+    def observe(self, predicted: float, actual: float, limit: float) -> None:
+        """A request predicted to wait ``predicted`` seconds, against a lane limit of ``limit`` seconds, started
+        computing after ``actual``."""
+        if predicted < max(MIN_CALIBRATED_WAIT_S, MIN_CALIBRATED_SHARE * limit):
             return
         self._ratios.append(actual / predicted)
         self._fresh += 1
@@ -169,7 +175,7 @@ class Admission:
     def waited(self, priority: Priority, predicted: float, actual: float) -> None:
         """An admitted request's raw prediction (what :meth:`admit` returned) and its actual wait for its first
         forward pass, for the lane's calibration."""
-        self.calibration[priority].observe(predicted, actual)
+        self.calibration[priority].observe(predicted, actual, self.limits().wait(priority))
 
     def admit(
         self, n: int, estimate: float, tokens_ahead: float, *, deadline_in: float | None, name: str,

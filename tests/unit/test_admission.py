@@ -53,12 +53,13 @@ def test_the_calibration_is_the_99th_percentile_of_actual_over_predicted_waits()
     calibration = WaitCalibration()
     assert calibration.factor == 1.0
     for k in range(192):  # ratios 1.000 .. 1.382: the 99th percentile is about 1.38
-        calibration.observe(0.5, 0.5 * (1 + k * 0.002))
+        calibration.observe(0.5, 0.5 * (1 + k * 0.002), limit=1.0)
     assert calibration.factor == pytest.approx(1.38, abs=0.004)  # recomputed every 16 requests
-    calibration.observe(0.01, 5.0)  # too short a prediction to compare: ignored
+    calibration.observe(0.01, 5.0, limit=0.01)  # too short a prediction to compare: ignored
+    calibration.observe(0.3, 5.0, limit=1.0)  # under half the limit: not the waits admission decides on
     assert calibration.factor == pytest.approx(1.38, abs=0.004)
     for _ in range(256):  # the tail moves with what happens now, within bounds
-        calibration.observe(0.2, 100.0)
+        calibration.observe(0.6, 100.0, limit=1.0)
     assert calibration.factor == CALIBRATION_BOUNDS[1]
 
 
@@ -67,7 +68,7 @@ def test_admission_scales_each_lanes_prediction_by_its_calibration_and_returns_t
     raw = admission.admit(1, 1.0, tokens_ahead=800.0, deadline_in=None, name="m")
     assert raw == pytest.approx(0.8)
     for _ in range(32):  # normal requests have been waiting 1.5 times their prediction
-        admission.waited(Priority.NORMAL, 0.4, 0.6)
+        admission.waited(Priority.NORMAL, 0.6, 0.9)
     assert admission.predicted_wait(800.0) == pytest.approx(1.2)
     with pytest.raises(OverloadedError) as refused:
         admission.admit(1, 1.0, tokens_ahead=800.0, deadline_in=None, name="m")  # (0.8 + 0.001) x 1.5: over 1 s
