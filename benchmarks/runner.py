@@ -80,8 +80,11 @@ class Run:
         sys.stdout.flush()
 
     def save(self) -> Path:
-        """Write results.json atomically (a .tmp file renamed), so a crash never leaves half a file."""
-        return write_json(self.options.out / "results.json", self.results)
+        """Write results.json atomically (a .tmp file renamed), so a crash never leaves half a file, with local paths
+        replaced by placeholders (``<site-packages>``, ``<repo>``), as the standalone benchmarks write theirs."""
+        from benchmarks.overload import scrub  # overload imports this module
+
+        return write_json(self.options.out / "results.json", scrub(self.results))
 
 
 def write_json(path: Path, data: Any) -> Path:
