@@ -41,7 +41,8 @@ import httpx
 from benchmarks.cli import DEFAULT_OUT, default_model, require
 from benchmarks.report import figure, machine_line, num, write_standalone
 from benchmarks.runner import hardware
-from benchmarks.servers import HOST, embedserve_spec, free_port, running
+from benchmarks.servers import HOST, SERVED, embedserve_spec, free_port, running
+from benchmarks.stages import delta, scrape
 from benchmarks.texts import make_texts
 
 TARGET_RATIO = 2.0
@@ -107,13 +108,6 @@ def _probe(client: httpx.Client, lane: str, seconds: float) -> dict[str, float]:
             "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}  # fmt: skip
 
 
-def _busy_seconds(client: httpx.Client) -> float:
-    """Forward-pass seconds the server has run so far (its ``embedserve_batch_duration_seconds`` histogram's sum)."""
-    text = client.get("/metrics").text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("embedserve_batch_duration_seconds_sum"))  # fmt: skip
-
-
 def measure(model: Path, seconds: float, clients: int, out: Path) -> dict[str, Any]:
     """Idle, then each flood cell, against one server."""
     spec = embedserve_spec(model, free_port(), [])
@@ -129,9 +123,10 @@ def measure(model: Path, seconds: float, clients: int, out: Path) -> dict[str, A
             flood = context.Process(target=_flood, args=(url, flood_lane, clients, polite, stop, results))
             flood.start()
             time.sleep(3.0)  # the flood fills the queue first
-            busy, started = _busy_seconds(client), time.perf_counter()
+            before, started = scrape(HOST, spec.port), time.perf_counter()
             probed = _probe(client, probe_lane, seconds)
-            probed["busy"] = (_busy_seconds(client) - busy) / (time.perf_counter() - started)
+            forward_s = delta(before, scrape(HOST, spec.port), "embedserve_batch_duration_seconds_sum", model=SERVED)
+            probed["busy"] = forward_s / (time.perf_counter() - started)
             stop.set()
             ok, refused = results.get(timeout=120)
             flood.join(60)

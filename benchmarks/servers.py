@@ -24,6 +24,8 @@ except ModuleNotFoundError:  # the bench extra is missing; every command checks 
     psutil = None
 
 HOST = "127.0.0.1"
+SERVED = "bench"
+"""The model name every benchmarked embedserve serves (``--served-model-name``)."""
 BENCH_DIR = Path(__file__).resolve().parent
 # Infinity's private venvs, one per flavor of benchmarks/setup_infinity.sh: its torch engine, and its optimum engine on
 # ONNX Runtime's CPU provider or on ORT's OpenVINO provider (onnxruntime-openvino).
@@ -77,7 +79,7 @@ def embedserve_spec(model: Path, port: int, extra_args: list[str], name: str = "
     """embedserve from this venv, with the benchmark's served name and any passthrough flags."""
     script = Path(sys.executable).with_name("embedserve")
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "embedserve"]
-    argv = [*launcher, "--model-id", str(model), "--served-model-name", "bench", "--port", str(port)]
+    argv = [*launcher, "--model-id", str(model), "--served-model-name", SERVED, "--port", str(port)]
     # One load generator address sends far more than the default per-address limit (80 req/s): the benchmark
     # measures the server, so the governor is off, as it would be behind a gateway that limits per key.
     # The load generators cycle through a fixed set of texts, and the benchmarks measure computing them: the embedding

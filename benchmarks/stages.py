@@ -29,7 +29,8 @@ def scrape(host: str, port: int, timeout: float = 10.0) -> Scrape:
     return found
 
 
-def _delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+def delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    """How much one sample grew between two scrapes (0 where it is absent)."""
     key = (name, tuple(sorted(labels.items())))
     return after.get(key, 0.0) - before.get(key, 0.0)
 
@@ -37,21 +38,21 @@ def _delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
 def breakdown(before: Scrape, after: Scrape, model: str) -> dict[str, Any] | None:
     """Mean milliseconds per answered request in each stage, what the stages leave of the server's time, and the
     batches of the same requests. None when no request ran the pipeline between the scrapes."""
-    count = _delta(before, after, "embedserve_tokenization_duration_seconds_count", model=model)
+    count = delta(before, after, "embedserve_tokenization_duration_seconds_count", model=model)
     if count <= 0:
         return None
     per_request = {
-        stage: 1000.0 * _delta(before, after, f"embedserve_{stage}_duration_seconds_sum", model=model) / count
+        stage: 1000.0 * delta(before, after, f"embedserve_{stage}_duration_seconds_sum", model=model) / count
         for stage in STAGES
     }
-    served = _delta(before, after, "embedserve_request_duration_seconds_count", route=ROUTE, model=model)
-    server_ms = 1000.0 * _delta(before, after, "embedserve_request_duration_seconds_sum", route=ROUTE, model=model)
+    served = delta(before, after, "embedserve_request_duration_seconds_count", route=ROUTE, model=model)
+    server_ms = 1000.0 * delta(before, after, "embedserve_request_duration_seconds_sum", route=ROUTE, model=model)
     server_ms = server_ms / served if served > 0 else float("nan")
-    batches = _delta(before, after, "embedserve_batch_duration_seconds_count", model=model)
-    padded = _delta(before, after, "embedserve_batch_tokens_sum", model=model)
-    inputs = _delta(before, after, "embedserve_batch_size_inputs_sum", model=model)
-    forward_s = _delta(before, after, "embedserve_batch_duration_seconds_sum", model=model)
-    padding = _delta(before, after, "embedserve_padding_tokens_total", model=model)
+    batches = delta(before, after, "embedserve_batch_duration_seconds_count", model=model)
+    padded = delta(before, after, "embedserve_batch_tokens_sum", model=model)
+    inputs = delta(before, after, "embedserve_batch_size_inputs_sum", model=model)
+    forward_s = delta(before, after, "embedserve_batch_duration_seconds_sum", model=model)
+    padding = delta(before, after, "embedserve_padding_tokens_total", model=model)
     return {
         "requests": int(count),
         "stages_ms": per_request,
