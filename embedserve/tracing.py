@@ -25,6 +25,29 @@ if TYPE_CHECKING:  # the gateway uses this module too, and imports nothing of th
 _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 
 
+def request_attributes(
+    method: str, route: str, status: int, request_id: str, model: str, inputs: int, tokens: int, key_id: str
+) -> dict[str, Any]:
+    """The attributes of a request's server span, on a worker and on the gateway alike (never text or a key)."""
+    return {
+        "http.request.method": method,
+        "http.route": route,
+        "http.response.status_code": status,
+        "embedserve.request_id": request_id,
+        "embedserve.model": model,
+        "embedserve.inputs": inputs,
+        "embedserve.tokens": tokens,
+        "embedserve.key_id": key_id,
+    }
+
+
+def _parent(headers: Mapping[str, str]) -> Any:
+    """The client's trace context, from its W3C ``traceparent``/``tracestate`` headers."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract(carrier=dict(headers))
+
+
 def _ns(perf_seconds: float) -> int:
     """perf_counter seconds -> Unix epoch nanoseconds, what span timestamps are."""
     return _EPOCH_OFFSET_NS + int(perf_seconds * 1e9)
@@ -78,11 +101,9 @@ class Tracing:
         """Record a whole request after the fact: its span and the tokenize/queue/inference children."""
         from opentelemetry import trace
         from opentelemetry.trace import Link, SpanKind
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        parent = TraceContextTextMapPropagator().extract(carrier=dict(headers))
         span = self._tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, start_time=_ns(started), attributes=attributes
+            name, context=_parent(headers), kind=SpanKind.SERVER, start_time=_ns(started), attributes=attributes
         )
         if timings is not None:
             inner = trace.set_span_in_context(span)
@@ -99,10 +120,8 @@ class Tracing:
     def proxy_span(self, name: str, headers: Mapping[str, str], started: float) -> ProxySpan:
         """A gateway request's server span, open from ``started`` until :meth:`ProxySpan.end`."""
         from opentelemetry.trace import SpanKind
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        parent = TraceContextTextMapPropagator().extract(carrier=dict(headers))
-        span = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER, start_time=_ns(started))
+        span = self._tracer.start_span(name, context=_parent(headers), kind=SpanKind.SERVER, start_time=_ns(started))
         return ProxySpan(self._tracer, span)
 
     def shutdown(self) -> None:

@@ -49,7 +49,7 @@ from embedserve.http.web import (
     request_id,
 )
 from embedserve.settings import EdgeSettings, ServerSettings
-from embedserve.tracing import ProxySpan, Tracing
+from embedserve.tracing import ProxySpan, Tracing, request_attributes
 
 access_log = logging.getLogger("embedserve.access")
 
@@ -168,11 +168,9 @@ def _record(request: Request, status: int, started: float, span: ProxySpan | Non
                "tokens": fields["tokens"], "key_id": fields["kid"], "worker": fields["worker"]},
     )  # fmt: skip
     if span is not None:
-        span.end({"http.request.method": request.method, "http.route": request.url.path,
-                  "http.response.status_code": status, "embedserve.request_id": rid,
-                  "embedserve.model": fields["model"], "embedserve.inputs": fields["inputs"],
-                  "embedserve.tokens": fields["tokens"],
-                  "embedserve.key_id": fields["kid"], "embedserve.worker": fields["worker"]}, ended)  # fmt: skip
+        attributes = request_attributes(request.method, request.url.path, status, rid, fields["model"],
+                                        fields["inputs"], fields["tokens"], fields["kid"])  # fmt: skip
+        span.end({**attributes, "embedserve.worker": fields["worker"]}, ended)
 
 
 async def health(request: Request) -> Response:

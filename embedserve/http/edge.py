@@ -31,7 +31,7 @@ from embedserve.http.protocol import CLOSE, STATE_KEY
 from embedserve.http.web import REQUEST_ID_HEADER, ClientDisconnectedError, error_response, request_id
 from embedserve.metrics import Metrics
 from embedserve.settings import Settings
-from embedserve.tracing import Tracing
+from embedserve.tracing import Tracing, request_attributes
 
 log = logging.getLogger("embedserve.http")
 access_log = logging.getLogger("embedserve.access")
@@ -235,16 +235,9 @@ def record(request: Request, route: str, status: int, started: float, found: Fac
                "inputs": found.inputs, "tokens": found.tokens, "status": status, "latency_ms": latency_ms},
     )  # fmt: skip
     if ctx.tracing.enabled:
-        attributes = {
-            "http.request.method": request.method,
-            "http.route": route,
-            "http.response.status_code": status,
-            "embedserve.request_id": rid,
-            "embedserve.model": found.model,
-            "embedserve.inputs": found.inputs,
-            "embedserve.tokens": found.tokens,
-            "embedserve.key_id": kid,
-        }
+        attributes = request_attributes(
+            request.method, route, status, rid, found.model, found.inputs, found.tokens, kid
+        )
         ctx.tracing.request_span(
             f"{request.method} {route}", request.headers, started, ended, attributes, found.timings, found.batch_links
         )
