@@ -136,6 +136,8 @@ class Admission:
         self.in_use = 0
         self.tokenizing = dict.fromkeys(LANES, 0.0)
         """Per lane, estimated tokens of admitted requests not yet queued (being tokenized)."""
+        self.tokenizing_requests = dict.fromkeys(LANES, 0)
+        """Per lane, admitted requests not yet queued (being tokenized)."""
         self._tokens_per_character = TOKENS_PER_CHARACTER
         self._idle: asyncio.Event | None = None
         self.calibration = {lane: WaitCalibration() for lane in LANES}
@@ -203,6 +205,7 @@ class Admission:
             )
         self.in_use += n
         self.tokenizing[priority] += estimate
+        self.tokenizing_requests[priority] += 1
         return raw
 
     def shed(self, tokens_ahead: float, name: str, priority: Priority = Priority.NORMAL) -> None:
@@ -227,12 +230,26 @@ class Admission:
     def tokenized(self, estimate: float, priority: Priority = Priority.NORMAL) -> None:
         """The request admitted with ``estimate`` is tokenized: its real tokens are now counted by the queue."""
         self.tokenizing[priority] = max(0.0, self.tokenizing[priority] - estimate)
+        self.tokenizing_requests[priority] = max(0, self.tokenizing_requests[priority] - 1)
+
+    def may_tokenize_inline(self, n: int, priority: Priority) -> bool:
+        """Whether a request of ``n`` inputs in lane ``priority``, admitted and about to be tokenized, should be
+        tokenized on the event loop rather than queue for the pool (the caller still checks that it is small): when
+        it is alone in flight (nothing else needs the loop meanwhile), or when the only requests being tokenized
+        besides it are of lower lanes, so the pool is busy with work it must not wait behind (a bulk request of 32
+        texts holds a worker for milliseconds; an interactive query tokenizes in well under one)."""
+        if self.in_use == n:
+            return True
+        if priority is LANES[-1]:
+            return False
+        return sum(self.tokenizing_requests[lane] for lane in priority.at_or_above()) == 1
 
     def release(self, n: int) -> None:
         """Give back ``n`` slots taken by :meth:`admit`."""
         self.in_use -= n
         if self.in_use == 0:
             self.tokenizing = dict.fromkeys(LANES, 0.0)  # nothing in flight: no rounding drift survives an idle moment
+            self.tokenizing_requests = dict.fromkeys(LANES, 0)
             if self._idle is not None:
                 self._idle.set()
 

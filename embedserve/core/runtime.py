@@ -318,8 +318,8 @@ class ModelRuntime:
         )  # fmt: skip
         try:
             try:
-                # Alone in flight, a small request is tokenized inline: nothing else needs the loop meanwhile.
-                encoded = await encode(self._tokenizers, admission.in_use == n)
+                # A small request alone in flight, or ahead of every other one being tokenized, is tokenized inline.
+                encoded = await encode(self._tokenizers, admission.may_tokenize_inline(n, priority))
             finally:
                 admission.tokenized(estimate, priority)
             admission.learn(sum(characters), encoded.tokens)

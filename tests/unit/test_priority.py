@@ -214,3 +214,23 @@ def test_low_is_refused_at_its_share_of_the_queue_time_and_a_lane_ignores_lower_
     admission.shed(990.0, "m", HIGH)
     with pytest.raises(OverloadedError):
         admission.shed(990.0, "m", NORMAL)
+
+
+def test_a_request_alone_or_ahead_of_everything_being_tokenized_is_tokenized_inline_and_others_use_the_pool():
+    admission = Admission(512, max_queue_time=0.0)
+    admission.admit(1, 10.0, 0.0, deadline_in=None, name="m", priority=LOW)
+    assert admission.may_tokenize_inline(1, LOW)  # alone in flight
+    admission.admit(32, 3000.0, 0.0, deadline_in=None, name="m", priority=LOW)
+    assert not admission.may_tokenize_inline(32, LOW)  # the lowest lane never jumps the pool's queue
+    admission.admit(1, 10.0, 0.0, deadline_in=None, name="m", priority=HIGH)
+    assert admission.may_tokenize_inline(1, HIGH)  # only lower lanes are tokenizing: it would wait behind them
+    admission.admit(1, 10.0, 0.0, deadline_in=None, name="m", priority=NORMAL)
+    assert not admission.may_tokenize_inline(1, NORMAL)  # the high request is being tokenized ahead of it
+    admission.tokenized(10.0, HIGH)
+    assert admission.may_tokenize_inline(1, NORMAL)
+    admission.admit(1, 10.0, 0.0, deadline_in=None, name="m", priority=NORMAL)
+    assert not admission.may_tokenize_inline(1, NORMAL)  # two of its own lane: they share the pool in order
+    for lane in (LOW, LOW, NORMAL, NORMAL):
+        admission.tokenized(10.0, lane)
+    admission.release(36)
+    assert admission.tokenizing_requests == dict.fromkeys(LANES, 0)
