@@ -15,6 +15,9 @@ Ownership and threads:
 * While a higher lane is in use, a lower lane's batches are cut short (:class:`~embedserve.core.priority.YieldBudget`).
 * An input whose job's deadline passed while it waited is never computed: the packer drops it and fails its job
   with :class:`~embedserve.errors.DeadlineExceededError`.
+* An engine that pads texts to a multiple of some tokens (``length_multiple``, see
+  :func:`~embedserve.engines.base.padded_length`) has the packer weigh each text at its padded length, so inputs
+  that pad to the same length batch together at no padding cost.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from itertools import accumulate
 from typing import Any
 
 from embedserve.core.priority import LANES, LaneChooser, Priority, YieldBudget
+from embedserve.engines.base import padded_length
 from embedserve.errors import DeadlineExceededError, UnhealthyError
 
 MIN_PACK_WINDOW = 32
@@ -128,11 +132,13 @@ class Entry:
 class Batch:
     """Entries packed into one forward pass. Created and timed on the backend thread; resolved on the loop."""
 
-    __slots__ = ("entries", "loop", "span_context", "t_end", "t_start")
+    __slots__ = ("entries", "loop", "span_context", "t_end", "t_start", "width")
 
-    def __init__(self, entries: list[Entry], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, entries: list[Entry], loop: asyncio.AbstractEventLoop, width: int | None = None) -> None:
         self.entries = entries
         self.loop = loop
+        self.width = max(entry.cost for entry in entries) if width is None else width
+        """The padded length of each input: the longest input's, or the engine's padded length for it."""
         self.t_start = 0.0
         self.t_end = 0.0
         self.span_context: Any = None
@@ -160,8 +166,8 @@ class Batch:
 
     @property
     def padded_tokens(self) -> int:
-        """What the forward pass computes: inputs x longest input."""
-        return len(self.entries) * max(entry.cost for entry in self.entries)
+        """What the forward pass computes: inputs x padded length."""
+        return len(self.entries) * self.width
 
     @property
     def real_tokens(self) -> int:
@@ -235,8 +241,13 @@ class BatchQueue:
         max_batch_requests: int | None,
         overhead_tokens: float = 0.0,
         lane_yield: bool = True,
+        length_multiple: int = 1,
+        max_length: int = 0,
     ) -> None:
         self._loop = loop
+        self._multiple = length_multiple
+        self._max_length = max_length
+        """Texts are padded to a multiple of ``length_multiple`` tokens, but not past ``max_length``."""
         self._max_tokens = max_batch_tokens
         self._max_requests = max_batch_requests
         self._overhead_tokens = overhead_tokens
@@ -340,7 +351,7 @@ class BatchQueue:
             # Texts and images run through different towers: a batch holds the oldest input's modality only.
             image = window[0].pixels is not None
             alike = [i for i, entry in enumerate(window) if (entry.pixels is not None) is image]
-            lengths = [window[i].cost for i in alike]
+            lengths = [window[i].cost if image else self._padded(window[i].cost) for i in alike]
             budget = None if self._yield is None else self._yield.tokens(lane, time.perf_counter())
             limit = self._max_tokens if budget is None else min(self._max_tokens, budget)
             chosen = [alike[k] for k in pack(lengths, limit, self._max_requests, self._overhead_tokens)]
@@ -351,7 +362,11 @@ class BatchQueue:
             taken = sum(window[i].cost for i in chosen)
             self._lane_tokens[lane] -= taken
             self._running_tokens += taken
-        return Batch(entries, self._loop)
+        longest = max(entry.cost for entry in entries)
+        return Batch(entries, self._loop, longest if image else self._padded(longest))
+
+    def _padded(self, length: int) -> int:
+        return padded_length(length, self._multiple, self._max_length or length)
 
     def _drop_expired(self) -> None:
         """Fail the jobs whose deadline passed while their inputs waited; their inputs are never computed."""

@@ -163,6 +163,8 @@ class ModelRuntime:
             max_batch_requests=self.spec.max_batch_requests,
             overhead_tokens=self.batch_overhead_tokens,
             lane_yield=self.spec.lane_yield,
+            length_multiple=info.length_multiple,
+            max_length=info.max_input_length,
         )
         self._backend = backend
         backend.serve(model, self._queue, functools.partial(self._observe, on_batch))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from embedserve.engines.base import padded_length
 from embedserve.engines.describe import ModelDescription
 from embedserve.engines.warmup import ForwardCost, forward_cost
 
@@ -41,8 +42,9 @@ class ArrayRunner:
     """
 
     def __init__(
-        self, *, input_names: Sequence[str], output: str, pooling: str, pad_id: int, max_len: int, vocab: int = 0
-    ) -> None:
+        self, *, input_names: Sequence[str], output: str, pooling: str, pad_id: int, max_len: int, vocab: int = 0,
+        length_multiple: int = 1,
+    ) -> None:  # fmt: skip
         unknown = set(input_names) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
             raise ValueError(f"the graph takes inputs embedserve cannot provide: {', '.join(sorted(unknown))}")
@@ -52,6 +54,8 @@ class ArrayRunner:
         self.pad_id = pad_id
         self.max_len = max_len
         self.vocab = vocab
+        self.length_multiple = length_multiple
+        """Batches are padded to a multiple of this many tokens (:func:`~embedserve.engines.base.padded_length`)."""
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's (first) output for one batch of inputs."""
@@ -61,7 +65,8 @@ class ArrayRunner:
         """Right-pad into int64 arrays named as the graph's inputs (token types are zeros for single texts)."""
         lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
         total = int(lengths.sum())
-        mask = np.arange(int(lengths.max())) < lengths[:, None]
+        width = padded_length(int(lengths.max()), self.length_multiple, self.max_len)
+        mask = np.arange(width) < lengths[:, None]
         ids = np.full(mask.shape, self.pad_id, dtype=np.int64)
         ids[mask] = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=total)
         types = np.zeros(mask.shape, dtype=np.int64)

@@ -44,11 +44,22 @@ class ModelInfo:
     image_tokens: int = 0
     """What one image costs a batch, in the positions its vision tower computes (patches and a class token); 0 for
     models that take no images."""
+    length_multiple: int = 1
+    """The engine pads each batch of texts to a multiple of this many tokens (see :func:`padded_length`); the packer
+    weighs padding by the same rule."""
 
     @property
     def dimensions(self) -> int | None:
         """Length of the vectors it returns (dense or sparse); None for scoring models, whose output is labels."""
         return self.dim if self.kind in ("embedding", "sparse", "multimodal") else None
+
+
+def padded_length(longest: int, multiple: int, cap: int) -> int:
+    """The sequence length a batch whose longest input has ``longest`` tokens is padded to: the next multiple of
+    ``multiple``, but never past ``cap`` (the model's maximum input length) nor below ``longest``."""
+    if multiple <= 1:
+        return longest
+    return max(longest, min(cap, -(-longest // multiple) * multiple))
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,12 @@ def test_padding_feeds_only_the_graphs_inputs_with_zero_token_types_for_single_t
     assert set(padded.feeds) == {"input_ids", "attention_mask"}
     np.testing.assert_array_equal(padded.feeds["input_ids"], [[5, 6, 7], [8, 1, 1]])
     np.testing.assert_array_equal(padded.feeds["attention_mask"], [[1, 1, 1], [1, 0, 0]])
+    multiple = ArrayRunner(input_names=["input_ids", "attention_mask"], output="hidden", pooling="mean", pad_id=1,
+                           max_len=8, length_multiple=4)  # fmt: skip
+    padded = multiple.prepare([[5, 6, 7], [8]])
+    np.testing.assert_array_equal(padded.feeds["input_ids"], [[5, 6, 7, 1], [8, 1, 1, 1]])
+    np.testing.assert_array_equal(padded.lengths, [3, 1])
+    assert multiple.prepare([[5] * 7]).feeds["input_ids"].shape == (1, 8)
     with pytest.raises(ValueError, match="past_key_values"):
         ArrayRunner(input_names=["input_ids", "past_key_values"], output="hidden", pooling="cls", pad_id=0, max_len=8)
 

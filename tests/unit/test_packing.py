@@ -3,11 +3,13 @@ filling batches (GPU-like) and keeping similar lengths together (CPU-like)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
-from embedserve.core.batching import pack
+from embedserve.core.batching import BatchQueue, Job, pack
+from embedserve.engines.base import padded_length
 
 pytestmark = pytest.mark.unit
 
@@ -119,3 +121,32 @@ def test_packing_costs_less_than_first_come_first_served(overhead):
     packed = modelled_cost(lengths, overhead, lambda q: pack(q, 4096, None, overhead))
     fifo = modelled_cost(lengths, overhead, lambda q: first_come_first_served(q, 4096))
     assert packed < 0.8 * fifo
+
+
+def test_a_padded_length_is_the_next_multiple_but_never_past_the_cap_nor_below_the_longest_input():
+    assert [padded_length(n, 8, 256) for n in (1, 8, 9, 17, 250, 256)] == [8, 8, 16, 24, 256, 256]
+    assert padded_length(509, 8, 510) == 510  # the model's limit is not a multiple of 8
+    assert padded_length(17, 1, 256) == 17
+    assert padded_length(300, 8, 256) == 300  # never shorter than the input: the cap does not cut it
+
+
+def test_with_a_length_multiple_inputs_that_pad_alike_batch_together_and_the_batch_counts_its_padded_width():
+    loop = asyncio.new_event_loop()
+    try:
+        exact = BatchQueue(loop, max_batch_tokens=1000, max_batch_requests=None, overhead_tokens=0.0)
+        rounded = BatchQueue(loop, max_batch_tokens=1000, max_batch_requests=None, overhead_tokens=0.0,
+                             length_multiple=8, max_length=256)  # fmt: skip
+        for queue in (exact, rounded):
+            queue.put(Job(loop, 3), [[1] * 17, [1] * 23, [1] * 40])
+        alone = exact.take(block=False)
+        assert alone is not None
+        assert (len(alone.entries), alone.width) == (1, 17)  # 17 and 23 differ: exact lengths keep them apart
+        together = rounded.take(block=False)
+        assert together is not None
+        assert sorted(len(ids) for ids in together.token_ids) == [17, 23]  # both pad to 24: no padding cost
+        assert (together.width, together.padded_tokens, together.real_tokens) == (24, 48, 40)
+        last = rounded.take(block=False)
+        assert last is not None
+        assert last.width == 40
+    finally:
+        loop.close()
