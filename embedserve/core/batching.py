@@ -363,10 +363,10 @@ class BatchQueue:
             self._lane_tokens[lane] -= taken
             self._running_tokens += taken
         longest = max(entry.cost for entry in entries)
-        return Batch(entries, self._loop, longest if image else self._padded(longest))
+        return Batch(entries, self._loop, longest if image else self._padded(longest, len(entries)))
 
-    def _padded(self, length: int) -> int:
-        return padded_length(length, self._multiple, self._max_length or length)
+    def _padded(self, length: int, rows: int = 2) -> int:
+        return padded_length(length, self._multiple, self._max_length or length, rows)
 
     def _drop_expired(self) -> None:
         """Fail the jobs whose deadline passed while their inputs waited; their inputs are never computed."""

@@ -65,7 +65,7 @@ class ArrayRunner:
         """Right-pad into int64 arrays named as the graph's inputs (token types are zeros for single texts)."""
         lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
         total = int(lengths.sum())
-        width = padded_length(int(lengths.max()), self.length_multiple, self.max_len)
+        width = padded_length(int(lengths.max()), self.length_multiple, self.max_len, len(token_ids))
         mask = np.arange(width) < lengths[:, None]
         ids = np.full(mask.shape, self.pad_id, dtype=np.int64)
         ids[mask] = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=total)

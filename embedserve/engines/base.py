@@ -54,10 +54,12 @@ class ModelInfo:
         return self.dim if self.kind in ("embedding", "sparse", "multimodal") else None
 
 
-def padded_length(longest: int, multiple: int, cap: int) -> int:
-    """The sequence length a batch whose longest input has ``longest`` tokens is padded to: the next multiple of
-    ``multiple``, but never past ``cap`` (the model's maximum input length) nor below ``longest``."""
-    if multiple <= 1:
+def padded_length(longest: int, multiple: int, cap: int, rows: int = 2) -> int:
+    """The sequence length a batch of ``rows`` inputs whose longest has ``longest`` tokens is padded to: the next
+    multiple of ``multiple``, but never past ``cap`` (the model's maximum input length) nor below ``longest``. A
+    single input keeps its own length: alone, it has nothing to share a shape with, and padding would only add work
+    to the latency-bound case."""
+    if multiple <= 1 or rows <= 1:
         return longest
     return max(longest, min(cap, -(-longest // multiple) * multiple))
 

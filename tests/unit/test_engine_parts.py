@@ -87,7 +87,8 @@ def test_padding_feeds_only_the_graphs_inputs_with_zero_token_types_for_single_t
     padded = multiple.prepare([[5, 6, 7], [8]])
     np.testing.assert_array_equal(padded.feeds["input_ids"], [[5, 6, 7, 1], [8, 1, 1, 1]])
     np.testing.assert_array_equal(padded.lengths, [3, 1])
-    assert multiple.prepare([[5] * 7]).feeds["input_ids"].shape == (1, 8)
+    assert multiple.prepare([[5] * 7, [6]]).feeds["input_ids"].shape == (2, 8)
+    assert multiple.prepare([[5] * 3]).feeds["input_ids"].shape == (1, 3)  # alone, an input keeps its length
     with pytest.raises(ValueError, match="past_key_values"):
         ArrayRunner(input_names=["input_ids", "past_key_values"], output="hidden", pooling="cls", pad_id=0, max_len=8)
 

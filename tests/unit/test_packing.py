@@ -127,6 +127,7 @@ def test_a_padded_length_is_the_next_multiple_but_never_past_the_cap_nor_below_t
     assert [padded_length(n, 8, 256) for n in (1, 8, 9, 17, 250, 256)] == [8, 8, 16, 24, 256, 256]
     assert padded_length(509, 8, 510) == 510  # the model's limit is not a multiple of 8
     assert padded_length(17, 1, 256) == 17
+    assert padded_length(17, 8, 256, rows=1) == 17  # a single input keeps its length
     assert padded_length(300, 8, 256) == 300  # never shorter than the input: the cap does not cut it
 
 
@@ -147,6 +148,10 @@ def test_with_a_length_multiple_inputs_that_pad_alike_batch_together_and_the_bat
         assert (together.width, together.padded_tokens, together.real_tokens) == (24, 48, 40)
         last = rounded.take(block=False)
         assert last is not None
-        assert last.width == 40
+        assert last.width == 40  # alone: its own length
+        rounded.put(Job(loop, 2), [[1] * 33, [1] * 35])
+        pair = rounded.take(block=False)
+        assert pair is not None
+        assert (len(pair.entries), pair.width) == (2, 40)
     finally:
         loop.close()
