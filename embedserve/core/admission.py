@@ -235,12 +235,14 @@ class Admission:
     def may_tokenize_inline(self, n: int, priority: Priority) -> bool:
         """Whether a request of ``n`` inputs in lane ``priority``, admitted and about to be tokenized, should be
         tokenized on the event loop rather than queue for the pool (the caller still checks that it is small): when
-        it is alone in flight (nothing else needs the loop meanwhile), or when the only requests being tokenized
-        besides it are of lower lanes, so the pool is busy with work it must not wait behind (a bulk request of 32
-        texts holds a worker for milliseconds; an interactive query tokenizes in well under one)."""
+        it is alone in flight (nothing else needs the loop meanwhile), or when requests of lower lanes are being
+        tokenized and none of its own or higher lanes besides it, so the pool is busy with work it must not wait
+        behind (a bulk request of 32 texts holds a worker for milliseconds; an interactive query tokenizes in well
+        under one). Traffic of one lane keeps the pool: it tokenizes while the loop serves other requests."""
         if self.in_use == n:
             return True
-        if priority is LANES[-1]:
+        lower = LANES[priority.rank + 1 :]
+        if not any(self.tokenizing_requests[lane] for lane in lower):
             return False
         return sum(self.tokenizing_requests[lane] for lane in priority.at_or_above()) == 1
 

@@ -230,7 +230,9 @@ def test_a_request_alone_or_ahead_of_everything_being_tokenized_is_tokenized_inl
     assert admission.may_tokenize_inline(1, NORMAL)
     admission.admit(1, 10.0, 0.0, deadline_in=None, name="m", priority=NORMAL)
     assert not admission.may_tokenize_inline(1, NORMAL)  # two of its own lane: they share the pool in order
-    for lane in (LOW, LOW, NORMAL, NORMAL):
+    for lane in (LOW, LOW, NORMAL):
         admission.tokenized(10.0, lane)
+    assert not admission.may_tokenize_inline(1, NORMAL)  # nothing lower being tokenized: one lane keeps the pool
+    admission.tokenized(10.0, NORMAL)
     admission.release(36)
     assert admission.tokenizing_requests == dict.fromkeys(LANES, 0)
