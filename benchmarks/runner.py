@@ -79,12 +79,17 @@ class Run:
         sys.stdout.write(f"[{time.monotonic() - self.began:6.1f}s] {line}\n")
         sys.stdout.flush()
 
-    def save(self) -> Path:
-        """Write results.json atomically (a .tmp file renamed), so a crash never leaves half a file, with local paths
-        replaced by placeholders (``<site-packages>``, ``<repo>``), as the standalone benchmarks write theirs."""
+    def scrubbed(self) -> dict[str, Any]:
+        """The results with local paths replaced by placeholders (``<site-packages>``, ``<repo>``), as the standalone
+        benchmarks write theirs: what results.json and summary.md show."""
         from benchmarks.overload import scrub  # overload imports this module
 
-        return write_json(self.options.out / "results.json", scrub(self.results))
+        scrubbed: dict[str, Any] = scrub(self.results)
+        return scrubbed
+
+    def save(self) -> Path:
+        """Write results.json (scrubbed) atomically (a .tmp file renamed), so a crash never leaves half a file."""
+        return write_json(self.options.out / "results.json", self.scrubbed())
 
 
 def write_json(path: Path, data: Any) -> Path:
@@ -442,7 +447,7 @@ def execute(options: Options) -> Path:
         run.results["wall_s"] = time.monotonic() - began_wall
         run.results["targets"] = report.targets(run.results)
         run.save()
-        report.write(run.results, options.out)
+        report.write(run.scrubbed(), options.out)
         run.progress(f"done in {run.results['wall_s']:.0f} s: {options.out / 'summary.md'}")
     return options.out
 
