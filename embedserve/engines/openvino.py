@@ -97,6 +97,6 @@ def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_roo
     dtype = "bfloat16" if chosen.precision == "bfloat16" else "float32"
     info = desc.info(
         architecture=architecture(desc), dtype=dtype, device="cpu", engine="openvino", agreement=found,
-        length_multiple=LENGTH_MULTIPLE,
+        length_multiple=chosen.length_multiple,
     )  # fmt: skip
     return info, chosen
