@@ -52,7 +52,8 @@ def forward_cost(model: Steps, *, pad_id: int, max_len: int, max_batch_tokens: i
     short = 16
     small = _typical_time(model, [[pad_id] * short])
     large_tokens = max_batch_tokens if full_batch else min(1024, max_batch_tokens)
-    length = min(128, max_len, large_tokens)
+    # A full batch is made of the longest inputs: attention's memory grows with the square of the length.
+    length = min(max_len if full_batch else 128, max_len, large_tokens)
     batch = [[pad_id] * length] * max(1, large_tokens // length)
     large = _typical_time(model, batch)
     per_token = (large - small) / max(1, length * len(batch) - short)

@@ -65,6 +65,8 @@ def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_roo
     cpu = device.type == "cpu"
     if cpu:
         torch.set_num_threads(threads)  # this (backend) thread's intra-op pool: it runs every forward pass
+    elif device.index is not None:
+        torch.cuda.set_device(device)  # this (backend) thread's current device: its stream and events are there
     try_bf16 = cpu and wants_bf16(spec.dtype, desc.kind)
     # On a CPU a bfloat16 candidate is loaded in float32 first: the reference it is checked against.
     dtype = _DTYPES.get(spec.dtype, torch.float16 if device.type == "cuda" else torch.float32)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from embedserve.engines.warmup import ForwardCost, forward_cost
+from embedserve.errors import ModelLoadError
 
 Prepared = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 """ids, attention mask, lengths, token type ids (pairs only)."""
@@ -83,7 +84,15 @@ class Runner:
 
     def warmup(self, max_batch_tokens: int) -> ForwardCost:
         """The cost of a forward pass (see :mod:`embedserve.engines.warmup`); on CUDA measured with a
-        full ``max_batch_tokens`` batch, so that an out-of-memory shows at start-up."""
-        return forward_cost(
-            self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=self.cuda
-        )
+        full ``max_batch_tokens`` batch of the longest inputs, so that an out-of-memory shows at start-up, as a
+        :class:`ModelLoadError` that names the flag to lower, instead of failing requests under load."""
+        try:
+            return forward_cost(
+                self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=self.cuda
+            )
+        except torch.cuda.OutOfMemoryError as exc:
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            raise ModelLoadError(
+                f"a full batch of --max-batch-tokens {max_batch_tokens} ran out of GPU memory on {self.device} "
+                f"({total / 2**30:.1f} GiB): lower --max-batch-tokens"
+            ) from exc
