@@ -340,12 +340,13 @@ def write_standalone(
 def summary_markdown(results: dict[str, Any]) -> str:
     """summary.md's text."""
     hw = results["hardware"]
+    gpu = (results.get("ceiling") or {}).get("gpu")
     lines = [
         "# embedserve benchmark",
         "",
         f"- date: {results['date']}, mode: {results['mode']}, wall time: {num(results.get('wall_s'), 0)} s",
         f"- command: `{results['command']}`",
-        f"- hardware: {hardware_line(hw)}",
+        f"- hardware: {hardware_line(hw)}" + (f"; GPU: {gpu}" if gpu else ""),
         f"- model: `{results['model']}` (max length {results['max_length']} tokens)",
         f"- embedserve extra args: `{results['embedserve_args'] or '(none)'}`",
         f"- closed-loop capacity used for the open-loop rates: {num(results.get('capacity_rps'))} req/s",

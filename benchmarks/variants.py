@@ -133,4 +133,7 @@ def server_version(variant: Variant, flavor: str) -> str:
     import importlib.metadata
 
     package = "embedserve" if variant.kind == "embedserve" else "sentence-transformers"
-    return f"{package} {importlib.metadata.version(package)}"
+    try:
+        return f"{package} {importlib.metadata.version(package)}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree on PYTHONPATH (the GPU check)
+        return f"{package} (source tree, not installed)"

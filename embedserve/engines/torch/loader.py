@@ -65,8 +65,12 @@ def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_roo
     cpu = device.type == "cpu"
     if cpu:
         torch.set_num_threads(threads)  # this (backend) thread's intra-op pool: it runs every forward pass
-    elif device.index is not None:
-        torch.cuda.set_device(device)  # this (backend) thread's current device: its stream and events are there
+    else:
+        if device.index is not None:
+            torch.cuda.set_device(device)  # this (backend) thread's current device: its stream and events are there
+        # cuDNN's attention builds an execution plan for every new input shape (tens of milliseconds each), and
+        # dynamic batching makes a new shape of nearly every batch; flash and memory-efficient attention need none.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     try_bf16 = cpu and wants_bf16(spec.dtype, desc.kind)
     # On a CPU a bfloat16 candidate is loaded in float32 first: the reference it is checked against.
     dtype = _DTYPES.get(spec.dtype, torch.float16 if device.type == "cuda" else torch.float32)
