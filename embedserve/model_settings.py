@@ -166,8 +166,9 @@ class ModelSettings:
     max_batch_requests: int | None = field(
         default=None,
         metadata=opt(
-            "Most inputs in one forward pass, whatever their length. Unset means only --max-batch-tokens limits a "
-            "batch. On CPU a cap of 8-32 keeps padding waste and tail latency down."
+            "Most inputs in one forward pass, whatever their length. Unset: 32 on a CPU, where larger batches "
+            "compute no faster and the largest batch sets the memory high-water mark; on a GPU only "
+            "--max-batch-tokens limits a batch."
         ),
     )
     max_client_batch_size: int = field(

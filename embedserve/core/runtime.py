@@ -40,6 +40,12 @@ from embedserve.settings import ModelSettings
 
 log = logging.getLogger("embedserve.runtime")
 
+CPU_MAX_BATCH_REQUESTS = 32
+"""--max-batch-requests when it is unset and the model runs on a CPU. Batches of more inputs compute no faster there
+(on the 2-core benchmark box every CPU engine's best batch is 8-16 inputs), while the largest batch sets the memory
+high-water mark: OpenVINO running MiniLM grew from 750 to 892 MiB for 32 x 256 tokens and to 1,127 MiB for 64 x 256,
+and kept it. Unset on a GPU, where only --max-batch-tokens bounds a batch."""
+
 Loader = Callable[[ModelSettings], tuple[ModelInfo, InferenceModel]]
 
 
@@ -120,6 +126,8 @@ class ModelRuntime:
         )  # fmt: skip
         self.loaded_in: float | None = None
         self.batch_overhead_tokens = 0.0
+        self.max_batch_requests: int | None = spec.max_batch_requests
+        """--max-batch-requests, or its default once the device is known (see :data:`CPU_MAX_BATCH_REQUESTS`)."""
         self._loader = loader
         self._prompt: str | None = None
         self._max_input_length = 0
@@ -140,7 +148,7 @@ class ModelRuntime:
             self._configure(info)
             self.cache_scope = model_scope(info, self._max_input_length)
             with logs.step(log, "model %s: warming up (timing a small and a large batch)", self.name):
-                cost = await backend.call(model.warmup, self.spec.max_batch_tokens)
+                cost = await backend.call(model.warmup, self.largest_batch_tokens)
             # Debug only: on a CPU the fixed cost is a fraction of a millisecond, so this ratio of two small timings
             # swings from tens to thousands of tokens between starts of the same model (the packer copes with that).
             log.debug(
@@ -160,7 +168,7 @@ class ModelRuntime:
         self._queue = BatchQueue(
             asyncio.get_running_loop(),
             max_batch_tokens=self.spec.max_batch_tokens,
-            max_batch_requests=self.spec.max_batch_requests,
+            max_batch_requests=self.max_batch_requests,
             overhead_tokens=self.batch_overhead_tokens,
             lane_yield=self.spec.lane_yield,
             length_multiple=info.length_multiple,
@@ -187,6 +195,8 @@ class ModelRuntime:
     def _configure(self, info: ModelInfo) -> None:
         spec = self.spec
         self._max_input_length = info.max_input_length
+        if spec.max_batch_requests is None and info.device == "cpu":
+            self.max_batch_requests = CPU_MAX_BATCH_REQUESTS
         if spec.max_batch_tokens < info.max_input_length:
             log.warning(
                 "--max-batch-tokens %d is below the model's maximum input length %d; inputs are limited to %d tokens",
@@ -209,6 +219,14 @@ class ModelRuntime:
             workers=spec.resolved_tokenization_workers(),
             max_input_length=self._max_input_length,
         )
+
+    @property
+    def largest_batch_tokens(self) -> int:
+        """Padded tokens of the largest batch the packer can form: the warm-up runs one (memory high-water mark)."""
+        budget = self.spec.max_batch_tokens
+        if self.max_batch_requests is None or not self._max_input_length:
+            return budget
+        return min(budget, self.max_batch_requests * self._max_input_length)
 
     @property
     def max_input_length(self) -> int:

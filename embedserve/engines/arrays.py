@@ -97,10 +97,16 @@ class ArrayRunner:
         return pool(out, self.pooling, prepared.mask, prepared.lengths)
 
     def warmup(self, max_batch_tokens: int) -> ForwardCost:
-        """The cost of a forward pass (see :mod:`embedserve.engines.warmup`)."""
-        return forward_cost(
+        """The cost of a forward pass (see :mod:`embedserve.engines.warmup`), then one batch of the largest shape the
+        packer can form (``max_batch_tokens`` of maximum-length inputs). The runtimes keep the memory of the largest
+        shape they have run (OpenVINO's scratch buffers, ONNX Runtime's arena), so the server reaches that high-water
+        mark before it reports ready instead of stepping up under load hours later."""
+        cost = forward_cost(
             self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=False
         )
+        length = min(self.max_len, max_batch_tokens)
+        self.finish(self.launch(self.prepare([[self.pad_id] * length] * max(1, max_batch_tokens // length))))
+        return cost
 
 
 def pool(hidden: np.ndarray, pooling: str, mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:

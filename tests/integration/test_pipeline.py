@@ -152,3 +152,41 @@ def test_inputs_of_a_client_that_disconnected_are_never_computed(minilm_path):
 
     with run_server(settings, loader=loader) as server:
         asyncio.run(scenario(server.url))
+
+
+class Sized(Gated):
+    """A gated model that also records how many inputs each forward pass prepared."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.sizes: list[int] = []
+
+    def prepare(self, token_ids, type_ids=None):
+        self.sizes.append(len(token_ids))
+        return super().prepare(token_ids, type_ids)
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(None, [32, 8]), (64, [40])])
+def test_a_cpu_model_runs_at_most_32_inputs_a_forward_pass_unless_told_otherwise(minilm_path, cap, expected):
+    loader, built = wrapping(Sized)
+    settings = model_settings(minilm_path, max_batch_requests=cap)
+
+    async def scenario(url: str) -> None:
+        model = built[0]
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            info = (await client.get("/info")).json()
+            assert info["max_batch_requests"] == (cap or 32)
+            # A first batch of 32 inputs, held in the forward pass; after it the packer looks at 128 queued inputs.
+            held = await model.hold(client, {"inputs": [f"the backend is busy {i}" for i in range(32)]})
+            assert model.sizes == [32]
+            model.sizes.clear()
+            bodies = [{"inputs": [f"short text {i} of {r}" for i in range(20)]} for r in range(2)]
+            bulk = [asyncio.create_task(client.post("/embed", json=body)) for body in bodies]
+            await eventually(lambda: server.runtime.queued == 40)
+            model.gate.set()
+            for response in [await held, *await asyncio.gather(*bulk)]:
+                assert response.status_code == 200, response.text
+        assert model.sizes == expected
+
+    with run_server(settings, loader=loader) as server:
+        asyncio.run(scenario(server.url))

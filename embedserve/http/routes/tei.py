@@ -152,7 +152,7 @@ def describe(runtime: ModelRuntime) -> dict[str, Any]:
         "low_priority_share": spec.low_priority_share,
         "lane_yield": spec.lane_yield,
         "max_batch_tokens": spec.max_batch_tokens,
-        "max_batch_requests": spec.max_batch_requests,
+        "max_batch_requests": runtime.max_batch_requests,
         "max_client_batch_size": spec.max_client_batch_size,
         "auto_truncate": spec.auto_truncate,
         "chunk_long_inputs": spec.chunk_long_inputs,
