@@ -67,6 +67,9 @@ class BackendThread:
             with contextlib.suppress(TimeoutError):
                 self._serving.result(timeout)
         self._executor.shutdown(wait=False)
+        # The model's memory (weights, the runtime's buffers) goes with the last reference to it, whatever still
+        # references this thread: a process that stops one app and starts another (the tests) gets it back.
+        self._model = None
         return left
 
     def _run(self) -> None:

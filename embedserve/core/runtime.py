@@ -405,6 +405,7 @@ class ModelRuntime:
                 Batch(left, asyncio.get_running_loop()).fail(UnhealthyError("the server shut down before this ran"))
         if self._tokenizers is not None:
             self._tokenizers.close()
+        self.image_model = None
         self.state = State.STOPPED
 
 
