@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar, cast
 from embedserve import logs
 from embedserve.core.admission import Admission, Throughput
 from embedserve.core.backend import BackendThread
+from embedserve.core.batch_limits import CPU_MAX_BATCH_REQUESTS, largest_batch
 from embedserve.core.batching import Batch, BatchQueue, Job
 from embedserve.core.cache import model_scope
 from embedserve.core.capabilities import KIND_CAPABILITIES, Capability
@@ -39,12 +40,6 @@ from embedserve.errors import (
 from embedserve.settings import ModelSettings
 
 log = logging.getLogger("embedserve.runtime")
-
-CPU_MAX_BATCH_REQUESTS = 32
-"""--max-batch-requests when it is unset and the model runs on a CPU. Batches of more inputs compute no faster there
-(on the 2-core benchmark box every CPU engine's best batch is 8-16 inputs), while the largest batch sets the memory
-high-water mark: OpenVINO running MiniLM grew from 750 to 892 MiB for 32 x 256 tokens and to 1,127 MiB for 64 x 256,
-and kept it. Unset on a GPU, where only --max-batch-tokens bounds a batch."""
 
 Loader = Callable[[ModelSettings], tuple[ModelInfo, InferenceModel]]
 
@@ -126,8 +121,7 @@ class ModelRuntime:
         )  # fmt: skip
         self.loaded_in: float | None = None
         self.batch_overhead_tokens = 0.0
-        self.max_batch_requests: int | None = spec.max_batch_requests
-        """--max-batch-requests, or its default once the device is known (see :data:`CPU_MAX_BATCH_REQUESTS`)."""
+        self.max_batch_requests: int | None = spec.max_batch_requests  # unset on a CPU: CPU_MAX_BATCH_REQUESTS
         self._loader = loader
         self._prompt: str | None = None
         self._max_input_length = 0
@@ -148,7 +142,8 @@ class ModelRuntime:
             self._configure(info)
             self.cache_scope = model_scope(info, self._max_input_length)
             with logs.step(log, "model %s: warming up (timing a small and a large batch)", self.name):
-                cost = await backend.call(model.warmup, self.largest_batch_tokens)
+                largest = largest_batch(self.spec.max_batch_tokens, self.max_batch_requests, self._max_input_length)
+                cost = await backend.call(model.warmup, largest)  # also the memory high-water mark
             # Debug only: on a CPU the fixed cost is a fraction of a millisecond, so this ratio of two small timings
             # swings from tens to thousands of tokens between starts of the same model (the packer copes with that).
             log.debug(
@@ -219,14 +214,6 @@ class ModelRuntime:
             workers=spec.resolved_tokenization_workers(),
             max_input_length=self._max_input_length,
         )
-
-    @property
-    def largest_batch_tokens(self) -> int:
-        """Padded tokens of the largest batch the packer can form: the warm-up runs one (memory high-water mark)."""
-        budget = self.spec.max_batch_tokens
-        if self.max_batch_requests is None or not self._max_input_length:
-            return budget
-        return min(budget, self.max_batch_requests * self._max_input_length)
 
     @property
     def max_input_length(self) -> int:
