@@ -100,7 +100,8 @@ class ArrayRunner:
         """The cost of a forward pass (see :mod:`embedserve.engines.warmup`), then one batch of the largest shape the
         packer can form (``max_batch_tokens`` of maximum-length inputs). The runtimes keep the memory of the largest
         shape they have run (OpenVINO's scratch buffers, ONNX Runtime's arena), so the server reaches that high-water
-        mark before it reports ready instead of stepping up under load hours later."""
+        mark before it reports ready instead of stepping up under load later (for a long-context model that one
+        batch is long inputs: it takes seconds and the memory such inputs would take anyway)."""
         cost = forward_cost(
             self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=False
         )
