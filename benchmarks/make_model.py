@@ -33,6 +33,12 @@ TINY: dict[str, Any] = {
 }
 
 
+def copy_tokenizer(source: Path, out_dir: Path) -> None:
+    """Copy the tokenizer files of the model in ``source`` into ``out_dir``."""
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(source / name, out_dir / name)
+
+
 def make_bge_large_shape(out_dir: Path, tokenizer_from: Path, tiny: bool = False, seed: int = 0) -> Path:
     """Write the model into ``out_dir`` (created) and return it."""
     import torch
@@ -44,8 +50,7 @@ def make_bge_large_shape(out_dir: Path, tokenizer_from: Path, tiny: bool = False
     model = BertModel(BertConfig(**shape))
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(tokenizer_from / name, out_dir / name)
+    copy_tokenizer(tokenizer_from, out_dir)
     pooling = {
         "word_embedding_dimension": shape["hidden_size"],
         "pooling_mode_cls_token": True,

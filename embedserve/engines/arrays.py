@@ -17,7 +17,7 @@ import numpy as np
 
 from embedserve.engines.base import padded_length
 from embedserve.engines.describe import ModelDescription
-from embedserve.engines.warmup import ForwardCost, forward_cost
+from embedserve.engines.warmup import ForwardCost, forward_cost, uniform_batch
 
 SPARSE_LOGITS_BUDGET = 64 * 2**20
 """Most masked-LM logits (inputs x tokens x vocabulary) a SPLADE forward pass materializes at once, in any engine:
@@ -105,8 +105,8 @@ class ArrayRunner:
         cost = forward_cost(
             self, pad_id=self.pad_id, max_len=self.max_len, max_batch_tokens=max_batch_tokens, full_batch=False
         )
-        length = min(self.max_len, max_batch_tokens)
-        self.finish(self.launch(self.prepare([[self.pad_id] * length] * max(1, max_batch_tokens // length))))
+        largest = uniform_batch(self.pad_id, min(self.max_len, max_batch_tokens), max_batch_tokens)
+        self.finish(self.launch(self.prepare(largest)))
         return cost
 
 

@@ -54,12 +54,17 @@ def forward_cost(model: Steps, *, pad_id: int, max_len: int, max_batch_tokens: i
     large_tokens = max_batch_tokens if full_batch else min(1024, max_batch_tokens)
     # A full batch is made of the longest inputs: attention's memory grows with the square of the length.
     length = min(max_len if full_batch else 128, max_len, large_tokens)
-    batch = [[pad_id] * length] * max(1, large_tokens // length)
+    batch = uniform_batch(pad_id, length, large_tokens)
     large = _typical_time(model, batch)
     per_token = (large - small) / max(1, length * len(batch) - short)
     if per_token <= 0:  # too little compute to tell apart: batching costs nothing, so always fill batches
         return ForwardCost(small, 0.0, max_batch_tokens)
     return ForwardCost(max(0.0, small - short * per_token), per_token, max_batch_tokens)
+
+
+def uniform_batch(pad_id: int, length: int, tokens: int) -> list[list[int]]:
+    """As many inputs of ``length`` pad tokens as fit ``tokens`` (at least one)."""
+    return [[pad_id] * length] * max(1, tokens // length)
 
 
 def _typical_time(model: Steps, batch: list[list[int]]) -> float:

@@ -9,12 +9,11 @@ only they travel (the lent GPU machine has no network and a size limit), the fol
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from benchmarks.make_model import TOKENIZER_FILES, make_bge_large_shape
+from benchmarks.make_model import copy_tokenizer, make_bge_large_shape
 from tests.conftest import package_dir
 
 torch = pytest.importorskip("torch")
@@ -41,8 +40,7 @@ def bge_large_shaped(bert_tokenizer: Path, tmp_path_factory: pytest.TempPathFact
 
 def _save(model: object, out: Path, tokenizer: Path) -> Path:
     model.save_pretrained(out)  # type: ignore[attr-defined]
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(tokenizer / name, out / name)
+    copy_tokenizer(tokenizer, out)
     return out
 
 
