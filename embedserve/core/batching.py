@@ -17,7 +17,8 @@ Ownership and threads:
   with :class:`~embedserve.errors.DeadlineExceededError`.
 * An engine that pads texts to a multiple of some tokens (``length_multiple``, see
   :func:`~embedserve.engines.base.padded_length`) has the packer weigh each text at its padded length, so inputs
-  that pad to the same length batch together at no padding cost.
+  that pad to the same length batch together at no padding cost, and its batches hold one of fewer row counts
+  (:func:`~embedserve.engines.base.shape_rows`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from itertools import accumulate
 from typing import Any
 
+from embedserve.core.packing import pack
 from embedserve.core.priority import LANES, LaneChooser, Priority, YieldBudget
-from embedserve.engines.base import padded_length
+from embedserve.engines.base import padded_length, shape_rows
 from embedserve.errors import DeadlineExceededError, UnhealthyError
 
 MIN_PACK_WINDOW = 32
@@ -191,45 +192,6 @@ class Batch:
             entry.job.fail(exc)
 
 
-def pack(lengths: Sequence[int], max_tokens: int, max_requests: int | None, overhead_tokens: float = 0.0) -> list[int]:
-    """Choose which queued inputs form the next batch.
-
-    ``lengths`` are token counts in arrival order; index 0 is the oldest input and is always chosen, so no input
-    waits behind more than one batch of younger ones (fairness). A forward pass costs about ``overhead_tokens`` (its
-    fixed cost, measured at start-up and expressed in tokens) plus ``count * longest`` padded tokens; the padded
-    cost must stay within ``max_tokens`` and the count within ``max_requests``.
-
-    Serving every input costs its real tokens plus, per batch, the overhead and the padding: the waste. Inputs are
-    sorted by length, and among the runs of length neighbours that contain the oldest input, the one with the least
-    waste per input wins (ties: the larger run). With a GPU's large overhead that means full batches whatever the
-    lengths; with a CPU's small one, batches of similar lengths. Returns indices into ``lengths``.
-    """
-    n = len(lengths)
-    cap = n if max_requests is None else min(n, max_requests)
-    order = sorted(range(n), key=lengths.__getitem__)  # stable: equal lengths stay oldest-first
-    head = order.index(0)
-    ls = [lengths[i] for i in order]
-    prefix = [0, *accumulate(ls)]
-    best, best_key = (head, head), (float("-inf"), 0)
-    for end in range(head, n):
-        longest = ls[end]
-        room = min(cap, max_tokens // longest)
-        if end - head + 1 > room:
-            break  # longer runs only get tighter from here on and can no longer reach the oldest input
-        start = head
-        waste = overhead_tokens + (end - start + 1) * longest - (prefix[end + 1] - prefix[start])
-        # Take in shorter inputs while their padding costs less than the waste each input carries so far; inputs
-        # only get shorter to the left, so the first one that does not pay its way ends the run.
-        while start > 0 and end - start + 1 < room and longest - ls[start - 1] <= waste / (end - start + 1):
-            start -= 1
-            waste += longest - ls[start]
-        count = end - start + 1
-        key = (-waste / count, count)
-        if key > best_key:
-            best, best_key = (start, end), key
-    return [order[k] for k in range(best[0], best[1] + 1)]
-
-
 class BatchQueue:
     """Queued inputs of one model, shared between the event loop (producer) and its backend thread (consumer)."""
 
@@ -354,7 +316,7 @@ class BatchQueue:
             lengths = [window[i].cost if image else self._padded(window[i].cost) for i in alike]
             budget = None if self._yield is None else self._yield.tokens(lane, time.perf_counter())
             limit = self._max_tokens if budget is None else min(self._max_tokens, budget)
-            chosen = [alike[k] for k in pack(lengths, limit, self._max_requests, self._overhead_tokens)]
+            chosen = [alike[k] for k in self._shaped(pack(lengths, limit, self._max_requests, self._overhead_tokens))]
             picked = set(chosen)
             entries = [window[i] for i in chosen]
             self._lanes[lane] = [entry for i, entry in enumerate(window) if i not in picked] + pending[size:]
@@ -364,6 +326,12 @@ class BatchQueue:
             self._running_tokens += taken
         longest = max(entry.cost for entry in entries)
         return Batch(entries, self._loop, longest if image else self._padded(longest, len(entries)))
+
+    def _shaped(self, chosen: list[int]) -> list[int]:
+        """``chosen`` (ascending length; 0 is the oldest) cut to :func:`~embedserve.engines.base.shape_rows` inputs
+        for an engine that pads (it compiles per shape): the longest go, or the shortest if the oldest would."""
+        keep = shape_rows(len(chosen)) if self._multiple > 1 else len(chosen)
+        return chosen[:keep] if chosen.index(0) < keep else chosen[len(chosen) - keep :]
 
     def _padded(self, length: int, rows: int = 2) -> int:
         return padded_length(length, self._multiple, self._max_length or length, rows)

@@ -54,14 +54,33 @@ class ModelInfo:
         return self.dim if self.kind in ("embedding", "sparse", "multimodal") else None
 
 
+EXACT_SINGLE_LENGTH = 32
+"""A single input of at most this many tokens keeps its own length (see :func:`padded_length`)."""
+
+
 def padded_length(longest: int, multiple: int, cap: int, rows: int = 2) -> int:
     """The sequence length a batch of ``rows`` inputs whose longest has ``longest`` tokens is padded to: the next
-    multiple of ``multiple``, but never past ``cap`` (the model's maximum input length) nor below ``longest``. A
-    single input keeps its own length: alone, it has nothing to share a shape with, and padding would only add work
-    to the latency-bound case."""
-    if multiple <= 1 or rows <= 1:
+    multiple of ``multiple``, but never past ``cap`` (the model's maximum input length) nor below ``longest``.
+
+    A single input of at most :data:`EXACT_SINGLE_LENGTH` tokens keeps its own length: that is the latency-bound
+    case (one short query at a time), where padding would only add work, and its 32 lengths are few enough for an
+    engine that compiles per shape to keep them all. A longer single input is padded like a batch: with exact
+    lengths each of the up to ``cap`` lengths a lone input can have is a shape of its own (134 distinct ones in
+    four minutes of the overload benchmark's soak, whose first sight of each grew OpenVINO's kernel cache by about
+    0.4 MiB, for at most 7 tokens of padding on 33 or more)."""
+    if multiple <= 1 or (rows <= 1 and longest <= EXACT_SINGLE_LENGTH):
         return longest
     return max(longest, min(cap, -(-longest // multiple) * multiple))
+
+
+def shape_rows(count: int) -> int:
+    """The most inputs, at most ``count``, that a batch holds for an engine that compiles per shape: every count up
+    to 8, even counts up to 16, multiples of 4 up to 32, then of 8. That is 16 row counts up to 32 instead of 32;
+    the inputs left out ride the next batch (no padding rows: the forward pass computes nothing more)."""
+    if count <= 8:
+        return count
+    step = 2 if count <= 16 else 4 if count <= 32 else 8
+    return count - count % step
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from embedserve.core.batching import BatchQueue, Job, pack
-from embedserve.engines.base import padded_length
+from embedserve.core.batching import BatchQueue, Job
+from embedserve.core.packing import pack
+from embedserve.engines.base import padded_length, shape_rows
 
 pytestmark = pytest.mark.unit
 
@@ -127,7 +128,8 @@ def test_a_padded_length_is_the_next_multiple_but_never_past_the_cap_nor_below_t
     assert [padded_length(n, 8, 256) for n in (1, 8, 9, 17, 250, 256)] == [8, 8, 16, 24, 256, 256]
     assert padded_length(509, 8, 510) == 510  # the model's limit is not a multiple of 8
     assert padded_length(17, 1, 256) == 17
-    assert padded_length(17, 8, 256, rows=1) == 17  # a single input keeps its length
+    assert padded_length(17, 8, 256, rows=1) == 17  # a short single input keeps its length
+    assert [padded_length(n, 8, 256, rows=1) for n in (32, 33, 41, 250)] == [32, 40, 48, 256]  # a longer one pads
     assert padded_length(300, 8, 256) == 300  # never shorter than the input: the cap does not cut it
 
 
@@ -148,10 +150,41 @@ def test_with_a_length_multiple_inputs_that_pad_alike_batch_together_and_the_bat
         assert (together.width, together.padded_tokens, together.real_tokens) == (24, 48, 40)
         last = rounded.take(block=False)
         assert last is not None
-        assert last.width == 40  # alone: its own length
+        assert last.width == 40  # alone, and a multiple of 8 already
         rounded.put(Job(loop, 2), [[1] * 33, [1] * 35])
         pair = rounded.take(block=False)
         assert pair is not None
         assert (len(pair.entries), pair.width) == (2, 40)
+    finally:
+        loop.close()
+
+
+def test_an_engine_that_compiles_per_shape_gets_batches_of_fewer_row_counts():
+    assert [shape_rows(n) for n in (1, 5, 8, 9, 11, 16, 17, 23, 32, 33, 47)] == [1, 5, 8, 8, 10, 16, 16, 20, 32, 32, 40]
+    assert len({shape_rows(n) for n in range(1, 33)}) == 16
+
+
+def test_inputs_a_batch_of_a_shape_compiling_engine_leaves_out_ride_the_next_one_and_the_oldest_always_goes():
+    loop = asyncio.new_event_loop()
+    try:
+        for oldest_length in (9, 24):  # the oldest among the shortest, then the oldest the longest of the batch
+            queue = BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None, overhead_tokens=GPU_LIKE,
+                               length_multiple=8, max_length=256)  # fmt: skip
+            oldest = Job(loop, 1)
+            queue.put(oldest, [[1] * oldest_length])
+            queue.put(Job(loop, 10), [[1] * 9] * 10)
+            first = queue.take(block=False)
+            assert first is not None
+            assert len(first.entries) == 10  # 11 fit, but 10 is the row count at most 11
+            assert any(entry.job is oldest for entry in first.entries)
+            rest = queue.take(block=False)
+            assert rest is not None
+            assert len(rest.entries) == 1
+            assert rest.entries[0].job is not oldest
+        exact = BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None, overhead_tokens=GPU_LIKE)
+        exact.put(Job(loop, 11), [[1] * 9] * 11)
+        whole = exact.take(block=False)
+        assert whole is not None
+        assert len(whole.entries) == 11  # an engine that keeps exact lengths takes any row count
     finally:
         loop.close()
