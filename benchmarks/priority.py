@@ -13,7 +13,10 @@ measures a prober that sends one short query at a time, 50 ms apart:
 * ``high under low flood, 5 ms retries``: the same, but the flood retries every refusal after 5 ms whatever the
   server says (a hostile or careless client: the refusals themselves then take CPU from the model);
 * ``normal under normal flood``: the first flood with every request in the default lane, i.e. what the prober would
-  see without lanes.
+  see without lanes;
+* ``yield only (--no-express-lane): high under low flood``: the issue's case again on a second server without the
+  express lane (:mod:`embedserve.core.express`), so high queries wait for the running low batch, kept short by
+  yielding. The first server's lane is opened (by high-priority warm-up queries) before anything is measured.
 
 The flood runs in its own process, so the prober's timings do not share an event loop with it (they share the
 machine's cores with the server, as a client on the same host would). Writes ``priority.json``, ``priority.md`` (with
@@ -55,6 +58,7 @@ HOSTILE_RETRY_S = 0.005
 CELLS = (("high under low flood", "low", "high", True), ("high under low flood, 5 ms retries", "low", "high", False),
          ("normal under normal flood", "normal", "normal", True))  # fmt: skip
 """Name, the flood's lane, the prober's lane, whether the flood retries after Retry-After-Ms (else after 5 ms)."""
+NO_EXPRESS = "yield only (--no-express-lane): "
 
 
 def _flood(url: str, lane: str, clients: int, polite: bool, stop: Event, out: Any) -> None:
@@ -109,16 +113,40 @@ def _probe(client: httpx.Client, lane: str, seconds: float) -> dict[str, float]:
 
 
 def measure(model: Path, seconds: float, clients: int, out: Path) -> dict[str, Any]:
-    """Idle, then each flood cell, against one server."""
-    spec = embedserve_spec(model, free_port(), [])
+    """Idle and each flood cell on a default server, then the issue's cell on one without the express lane."""
+    cells = _server_cells(model, seconds, clients, out, [], CELLS, "")
+    cells |= _server_cells(model, seconds, clients, out, ["--no-express-lane"], CELLS[:1], NO_EXPRESS)
+    return cells
+
+
+def _open_lane(client: httpx.Client) -> str:
+    """Warm the server with high-priority queries until its express lane has opened (or cannot): its state."""
+    state = "waiting"
+    for _ in range(600):
+        client.post("/embed", json={"inputs": QUERY}, headers={"X-Priority": "high"})
+        state = str(client.get("/info").json().get("express_lane"))
+        if state not in ("waiting", "opening"):
+            break
+        time.sleep(0.05)
+    for _ in range(20):  # the lane's first passes, and the connection
+        client.post("/embed", json={"inputs": QUERY}, headers={"X-Priority": "high"})
+    return state
+
+
+def _server_cells(
+    model: Path, seconds: float, clients: int, out: Path, args: list[str], cells_to_run: tuple[Any, ...], prefix: str
+) -> dict[str, Any]:
+    spec = embedserve_spec(model, free_port(), args)
     url = f"http://{HOST}:{spec.port}"
     context = multiprocessing.get_context("spawn")
     cells: dict[str, Any] = {}
-    with running(spec, out / "server-logs.tmp" / "priority.log"), httpx.Client(base_url=url, timeout=60) as client:
-        for _ in range(20):  # warm the server and the connection
-            client.post("/embed", json={"inputs": QUERY})
-        cells["idle"] = _probe(client, "high", seconds)
-        for name, flood_lane, probe_lane, polite in CELLS:
+    log = out / "server-logs.tmp" / f"priority{'-'.join(['', *args])}.log"
+    with running(spec, log), httpx.Client(base_url=url, timeout=60) as client:
+        lane = _open_lane(client)
+        idle = _probe(client, "high", seconds)
+        cells[f"{prefix}idle"] = idle | {"express_lane": lane}
+        for name, flood_lane, probe_lane, polite in cells_to_run:
+            name = prefix + name
             stop, results = context.Event(), context.Queue()
             flood = context.Process(target=_flood, args=(url, flood_lane, clients, polite, stop, results))
             flood.start()
@@ -130,12 +158,11 @@ def measure(model: Path, seconds: float, clients: int, out: Path) -> dict[str, A
             stop.set()
             ok, refused = results.get(timeout=120)
             flood.join(60)
-            cells[name] = probed | {"flood_ok": ok, "flood_refused": refused}
+            cells[name] = probed | {"flood_ok": ok, "flood_refused": refused, "express_lane": lane}
             sys.stdout.write(f"{name}: p50 {probed['p50_ms']:.1f} ms, p99 {probed['p99_ms']:.1f} ms, "
                              f"{probed['refused']:.0f} refused; flood {ok} batches served, {refused} "
                              f"refused; model busy {probed['busy']:.0%}\n")  # fmt: skip
-    idle = cells["idle"]
-    sys.stdout.write(f"idle: p50 {idle['p50_ms']:.1f} ms, p99 {idle['p99_ms']:.1f} ms\n")
+    sys.stdout.write(f"{prefix}idle: p50 {idle['p50_ms']:.1f} ms, p99 {idle['p99_ms']:.1f} ms; express lane {lane}\n")
     return cells
 
 
@@ -165,6 +192,12 @@ def report(results: dict[str, Any]) -> str:
                 f"| {name}: {stat[:3]} vs idle | {num(ratio, 2)}x ({num(idle[stat])} -> "
                 f"{num(cells[name][stat])} ms) | <= {TARGET_RATIO:g}x | {met} |"
             )
+    for name in [n for n in cells if n.startswith(NO_EXPRESS) and n != f"{NO_EXPRESS}idle"]:
+        own = cells[f"{NO_EXPRESS}idle"]
+        for stat in ("p50_ms", "p99_ms"):
+            ratio = _ratio(cells[name][stat], own[stat])
+            lines.append(f"| {name}: {stat[:3]} vs its idle | {num(ratio, 2)}x ({num(own[stat])} -> "
+                         f"{num(cells[name][stat])} ms) | comparison | - |")  # fmt: skip
     lines += [
         "",
         "| cell | prober answered | prober refused (429) | p50 ms | p99 ms | flood batches served | flood refused "
@@ -180,13 +213,16 @@ def report(results: dict[str, Any]) -> str:
         "",
         "Without lanes (`normal under normal flood`) the same prober's p50 is "
         f"{num(_ratio(normal['p50_ms'], idle['p50_ms']))}x its idle one and {normal['refused']} of its "
-        f"{normal['refused'] + normal['requests']} queries are refused. A running batch is never interrupted; while "
-        "high queries arrive, low batches are cut to about the time of a high one, but never below one input, and "
-        "one bulk text (about 80 tokens) computes for about three times as long as the 9-token query: a high query "
-        "arriving mid-batch waits for that input, then runs. `model busy` is the share of the probing time the model "
-        "spent in forward passes (from `embedserve_batch_duration_seconds`): the flood saturates it. The polite flood "
-        "retries a 429 after its `Retry-After-Ms`, as the OpenAI SDKs do; with 5 ms retries the refusals "
-        "themselves take CPU from the model on a machine this small.",
+        f"{normal['refused'] + normal['requests']} queries are refused. A running batch is never interrupted. On "
+        f"the default server the express lane is {cells['idle'].get('express_lane', 'unknown')}: a high query that "
+        "arrives while a low batch computes is computed beside it, on a second one-thread copy of the model, and the "
+        "low batches stay full. Without it (`--no-express-lane`), while high queries arrive, low batches are cut to "
+        "about the time of a high one, but never below one input: a high query arriving mid-batch waits for that "
+        "input (one bulk text of about 80 tokens computes for about three times as long as the 9-token query), then "
+        "runs. `model busy` is the forward-pass time over the probing time (from "
+        "`embedserve_batch_duration_seconds`): the flood saturates the model, and the express lane's passes overlap "
+        "the main thread's, so it can pass 100%. The polite flood retries a 429 after its `Retry-After-Ms`, as the "
+        "OpenAI SDKs do; with 5 ms retries the refusals themselves take CPU from the model on a machine this small.",
         "",
         "![p50 and p99 of the prober per cell](priority.png)",
         "",

@@ -17,7 +17,8 @@ from embedserve import __version__
 from embedserve.core.batching import Batch
 from embedserve.core.embedding_cache import Source
 from embedserve.core.priority import LANES, Priority
-from embedserve.core.runtime import ModelRuntime, Timings
+from embedserve.core.results import Timings
+from embedserve.core.runtime import ModelRuntime
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Latency buckets: from a cached short input on a GPU (1 ms) to long batches on a CPU under overload (30 s)."""

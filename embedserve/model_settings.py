@@ -155,6 +155,16 @@ class ModelSettings:
             "their batches full."
         ),
     )
+    express_lane: bool = field(
+        default=True,
+        metadata=opt(
+            "Compute high-priority batches on a second, one-thread copy of the model while a lower lane's batch "
+            "computes, instead of after it (OpenVINO only; other engines have none). The copy is built in the "
+            "background on the model's first high-priority request; from then on lower lanes keep full batches (no "
+            "--lane-yield). It costs memory, about 150 MiB for all-MiniLM-L6-v2 (more than the weights: its own "
+            "kernels and buffers); --no-express-lane never builds it."
+        ),
+    )
     max_batch_tokens: int = field(
         default=16384,
         metadata=opt(

@@ -20,7 +20,7 @@ from embedserve.settings import EdgeSettings
 
 if TYPE_CHECKING:  # the gateway uses this module too, and imports nothing of the core
     from embedserve.core.batching import Batch
-    from embedserve.core.runtime import Timings
+    from embedserve.core.results import Timings
 
 _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 

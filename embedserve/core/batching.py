@@ -133,11 +133,15 @@ class Entry:
 class Batch:
     """Entries packed into one forward pass. Created and timed on the backend thread; resolved on the loop."""
 
-    __slots__ = ("entries", "loop", "span_context", "t_end", "t_start", "width")
+    __slots__ = ("entries", "express", "loop", "span_context", "t_end", "t_start", "width")
 
-    def __init__(self, entries: list[Entry], loop: asyncio.AbstractEventLoop, width: int | None = None) -> None:
+    def __init__(
+        self, entries: list[Entry], loop: asyncio.AbstractEventLoop, width: int | None = None, express: bool = False
+    ) -> None:  # fmt: skip
         self.entries = entries
         self.loop = loop
+        self.express = express
+        """Taken by the express lane's thread (:mod:`embedserve.core.express`)."""
         self.width = max(entry.cost for entry in entries) if width is None else width
         """The padded length of each input: the longest input's, or the engine's padded length for it."""
         self.t_start = 0.0
@@ -219,6 +223,8 @@ class BatchQueue:
         self._chooser = LaneChooser()
         self._closed = False
         self._running_tokens = 0
+        self._main_running = 0
+        """Batches the main backend thread has taken and not yet finished (the express lane works only meanwhile)."""
         self._window = MIN_PACK_WINDOW
         self._yield = YieldBudget() if lane_yield else None
 
@@ -263,7 +269,12 @@ class BatchQueue:
             self._lane_tokens[job.priority] += sum(entry.cost for entry in entries)
             if self._yield is not None:
                 self._yield.queued(job.priority, time.perf_counter())
-            self._cond.notify()
+            self._cond.notify_all()  # the main thread and, for a high job, the express lane's
+
+    def stop_yielding(self) -> None:
+        """From now on lower lanes' batches are not cut short for higher ones (the express lane is open)."""
+        with self._cond:
+            self._yield = None
 
     def discard(self, job: Job) -> None:
         """Drop the still-queued inputs of a job whose client went away. Loop side."""
@@ -288,12 +299,15 @@ class BatchQueue:
         one's time joins the lanes' timings (:class:`~embedserve.core.priority.YieldBudget`). Backend side."""
         with self._cond:
             self._running_tokens = max(0, self._running_tokens - batch.real_tokens)
+            if not batch.express:
+                self._main_running = max(0, self._main_running - 1)
             if self._yield is not None and batch.entries and batch.t_end > batch.t_start:
                 lane = batch.entries[0].job.priority
                 self._yield.computed(lane, batch.t_end - batch.t_start, batch.padded_tokens)
 
-    def take(self, *, block: bool) -> Batch | None:
-        """The next packed batch. Backend side. Returns None when closed (or, with ``block=False``, when empty)."""
+    def take(self, *, block: bool, express: bool = False) -> Batch | None:
+        """The next packed batch. Backend side. Returns None when closed (or, with ``block=False``, when empty).
+        ``express``: for the express lane, high-lane inputs only, and only while a main batch computes."""
         with self._cond:
             while True:
                 if any(pending and pending[0].job.cancelled for pending in self._lanes.values()):
@@ -301,12 +315,15 @@ class BatchQueue:
                     continue
                 if len(self):
                     self._drop_expired()
-                if len(self):
+                if (self._lanes[Priority.HIGH] and self._main_running) if express else len(self):
                     break
                 if self._closed or not block:
                     return None
                 self._cond.wait()
-            lane = self._chooser.choose([lane for lane, pending in self._lanes.items() if pending])
+            if express:
+                lane = Priority.HIGH
+            else:
+                lane = self._chooser.choose([lane for lane, pending in self._lanes.items() if pending])
             pending = self._lanes[lane]
             size = self._window
             window = pending[:size]
@@ -324,8 +341,12 @@ class BatchQueue:
             taken = sum(window[i].cost for i in chosen)
             self._lane_tokens[lane] -= taken
             self._running_tokens += taken
+            if not express:
+                self._main_running += 1
+                if self._lanes[Priority.HIGH]:
+                    self._cond.notify_all()  # high inputs left waiting: the express lane may take them now
         longest = max(entry.cost for entry in entries)
-        return Batch(entries, self._loop, longest if image else self._padded(longest, len(entries)))
+        return Batch(entries, self._loop, longest if image else self._padded(longest, len(entries)), express)
 
     def _shaped(self, chosen: list[int]) -> list[int]:
         """``chosen`` (ascending length; 0 is the oldest) cut to :func:`~embedserve.engines.base.shape_rows` inputs

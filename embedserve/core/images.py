@@ -19,7 +19,8 @@ import numpy as np
 
 from embedserve.core.capabilities import Capability
 from embedserve.core.priority import Priority
-from embedserve.core.runtime import ModelRuntime, RunResult
+from embedserve.core.results import RunResult
+from embedserve.core.runtime import ModelRuntime
 from embedserve.core.tasks import EmbedResult, _postprocess
 from embedserve.core.tokenization import Direction, Encoded, TokenizerPool
 from embedserve.errors import ValidationError

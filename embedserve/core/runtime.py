@@ -15,8 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 
 from embedserve import logs
 from embedserve.core.admission import Admission, Throughput
@@ -26,7 +25,9 @@ from embedserve.core.batching import Batch, BatchQueue, Job
 from embedserve.core.cache import model_scope
 from embedserve.core.capabilities import KIND_CAPABILITIES, Capability
 from embedserve.core.embedding_cache import EmbeddingCache
+from embedserve.core.express import ExpressLane, LaneState
 from embedserve.core.priority import Priority
+from embedserve.core.results import RunResult, Timings
 from embedserve.core.tokenization import Encoded, TokenizerPool
 from embedserve.engines.base import ImageModel, InferenceModel, ModelInfo
 from embedserve.errors import (
@@ -52,49 +53,6 @@ class State(enum.StrEnum):
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """When a request went through each stage (``time.perf_counter`` seconds) and its forward-pass time."""
-
-    started: float
-    enqueued: float
-    first_batch: float
-    computed: float
-    finished: float
-    inference: float
-    """Sum of the durations of the batches its inputs ran in."""
-
-    @property
-    def tokenization(self) -> float:
-        """Seconds spent tokenizing."""
-        return self.enqueued - self.started
-
-    @property
-    def queue(self) -> float:
-        """Seconds its inputs waited for their first batch."""
-        return max(0.0, self.first_batch - self.enqueued)
-
-    @property
-    def total(self) -> float:
-        """Seconds from admission to results back on the event loop."""
-        return self.finished - self.started
-
-
-Row = TypeVar("Row")
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult(Generic[Row]):
-    """The model's output for each input, in input order, with the real token count, timings and the batches'
-    trace span contexts. ``Row`` is what the model's kind yields per input (see
-    :class:`~embedserve.engines.base.InferenceModel`); the task that asked for the capability knows which."""
-
-    rows: list[Row]
-    tokens: int
-    timings: Timings
-    batch_links: tuple[Any, ...] = ()
 
 
 Encoder = Callable[[TokenizerPool, bool], Awaitable[Encoded]]
@@ -128,6 +86,7 @@ class ModelRuntime:
         self._tokenizers: TokenizerPool | None = None
         self._queue: BatchQueue | None = None
         self._backend: BackendThread | None = None
+        self._express: ExpressLane | None = None
         self.image_model: ImageModel | None = None
         """The model, when it embeds images too: its image preprocessing runs on worker threads."""
 
@@ -171,6 +130,9 @@ class ModelRuntime:
         )
         self._backend = backend
         backend.serve(model, self._queue, functools.partial(self._observe, on_batch))
+        if self.spec.express_lane:  # its batches are in the metrics, not in admission's measured speed
+            observer = None if on_batch is None else functools.partial(on_batch, self.name)
+            self._express = ExpressLane(model, self.name, self._queue, observer)
         self.info = info
         self.image_model = cast(ImageModel, model) if info.image_tokens else None
         self.loaded_in = time.perf_counter() - t0
@@ -241,9 +203,20 @@ class ModelRuntime:
         return self.admission.predicted_wait(ahead + self.admission.tokenizing_tokens)
 
     @property
+    def express_lane(self) -> str:
+        """The express lane's state (:class:`~embedserve.core.express.LaneState`), or ``off``."""
+        return "off" if self._express is None else self._express.state.value
+
+    @property
+    def lane_yield(self) -> bool:
+        """Lower lanes' batches are cut short for higher ones: --lane-yield, until the express lane opens."""
+        return self.spec.lane_yield and self.express_lane != LaneState.OPEN
+
+    @property
     def batches_run(self) -> int:
-        """Forward passes run so far."""
-        return self._backend.batches_run if self._backend is not None else 0
+        """Forward passes run so far (the express lane's included)."""
+        express = self._express.batches_run if self._express is not None else 0
+        return express + (self._backend.batches_run if self._backend is not None else 0)
 
     @property
     def largest_batch(self) -> int:
@@ -331,6 +304,8 @@ class ModelRuntime:
                 admission.tokenized(estimate, priority)
             admission.learn(sum(characters), encoded.tokens)
             job = Job(asyncio.get_running_loop(), n, request_id, deadline, priority)
+            if priority is Priority.HIGH and self._express is not None:
+                self._express.wanted()
             queue.put(job, encoded.ids, encoded.type_ids, encoded.pixels, info.image_tokens)
             try:
                 await job.future
@@ -390,6 +365,8 @@ class ModelRuntime:
             left = await asyncio.to_thread(self._backend.stop, max(0.0, deadline - time.monotonic()))
             if left:
                 Batch(left, asyncio.get_running_loop()).fail(UnhealthyError("the server shut down before this ran"))
+        if self._express is not None:
+            self._express.close()
         if self._tokenizers is not None:
             self._tokenizers.close()
         self.image_model = None

@@ -18,7 +18,8 @@ from embedserve.core.cache import Entry, input_key
 from embedserve.core.capabilities import Capability
 from embedserve.core.embedding_cache import EmbeddingCache
 from embedserve.core.priority import Priority
-from embedserve.core.runtime import ModelRuntime, RunResult, Timings
+from embedserve.core.results import RunResult, Timings
+from embedserve.core.runtime import ModelRuntime
 from embedserve.core.tokenization import Direction, Encoded, Token, TokenizerPool
 from embedserve.errors import ValidationError
 

@@ -8,14 +8,14 @@ runtime is imported here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
-from embedserve.engines.base import padded_length
+from embedserve.engines.base import EXACT_SINGLE_LENGTH, padded_length
 from embedserve.engines.describe import ModelDescription
 from embedserve.engines.warmup import ForwardCost, forward_cost, uniform_batch
 
@@ -56,6 +56,8 @@ class ArrayRunner:
         self.vocab = vocab
         self.length_multiple = length_multiple
         """Batches are padded to a multiple of this many tokens (:func:`~embedserve.engines.base.padded_length`)."""
+        self.express_factory: Callable[[], ArrayRunner] | None = None
+        """Builds the express lane's runner (:meth:`express`); set by engines that can run two at once."""
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's (first) output for one batch of inputs."""
@@ -108,6 +110,16 @@ class ArrayRunner:
         largest = uniform_batch(self.pad_id, min(self.max_len, max_batch_tokens), max_batch_tokens)
         self.finish(self.launch(self.prepare(largest)))
         return cost
+
+    def express(self) -> ArrayRunner | None:
+        """The engine's second runner, with a lone input of every length up to
+        :data:`~embedserve.engines.base.EXACT_SINGLE_LENGTH` run once (a short query's shapes, compiled at start)."""
+        if self.express_factory is None:
+            return None
+        runner = self.express_factory()
+        for length in range(1, EXACT_SINGLE_LENGTH + 1):
+            runner.finish(runner.launch(runner.prepare([[runner.pad_id] * length])))
+        return runner
 
 
 def pool(hidden: np.ndarray, pooling: str, mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -114,6 +114,11 @@ class InferenceModel(Protocol):
         forward pass: its fixed part (what the packer weighs batch count against padding with) and the per-token
         part (admission's first figure of the model's speed)."""
 
+    def express(self) -> InferenceModel | None:
+        """A second runner of the same model, on one thread, that computes while this one does (the express lane,
+        :mod:`embedserve.core.express`), warmed up; None where the engine has none. Called once, on the thread that
+        will drive it."""
+
 
 class ImageModel(InferenceModel, Protocol):
     """A model that also embeds images (kind ``multimodal``): texts go through :meth:`prepare`, images through

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from embedserve.core.capabilities import Capability
 from embedserve.core.priority import Priority
 from embedserve.core.registry import Registry
-from embedserve.core.runtime import Timings
+from embedserve.core.results import Timings
 from embedserve.errors import BackendError, EmbedServeError, HeadersTooLargeError, from_http_status
 from embedserve.http.answers import Answer
 from embedserve.http.fields import Body

@@ -31,7 +31,7 @@ EXPOSED_HEADERS = ["x-request-id", "x-compute-time", "x-tokenization-time", "x-q
 """Answer headers a browser page may read across origins (CORS), on the server and the gateway alike."""
 
 if TYPE_CHECKING:  # the gateway uses this module too, and must not load the core and its engines
-    from embedserve.core.runtime import Timings
+    from embedserve.core.results import Timings
 
 T = TypeVar("T")
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY

@@ -236,3 +236,52 @@ def test_a_request_alone_or_ahead_of_everything_being_tokenized_is_tokenized_inl
     admission.tokenized(10.0, NORMAL)
     admission.release(36)
     assert admission.tokenizing_requests == dict.fromkeys(LANES, 0)
+
+
+def test_the_express_lane_takes_only_high_inputs_and_only_while_a_main_batch_computes():
+    loop = asyncio.new_event_loop()
+    try:
+        queue = BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None)
+        queue.put(Job(loop, 1, priority=HIGH), [[1] * 5])
+        assert queue.take(block=False, express=True) is None  # the main thread is idle: it takes high work itself
+        queue.put(Job(loop, 1, priority=LOW), [[1] * 5])
+        main = queue.take(block=False)
+        assert main is not None
+        assert main.entries[0].job.priority is HIGH
+        assert not main.express
+        assert queue.take(block=False, express=True) is None  # only low work is left
+        queue.put(Job(loop, 2, priority=HIGH), [[1] * 5, [1] * 5])
+        express = queue.take(block=False, express=True)
+        assert express is not None
+        assert express.express
+        assert {entry.job.priority for entry in express.entries} == {HIGH}
+        assert len(express.entries) == 2
+        queue.done(express)
+        queue.done(main)
+        queue.put(Job(loop, 1, priority=HIGH), [[1] * 5])
+        assert queue.take(block=False, express=True) is None  # the main batch finished: idle again
+        assert queue.tokens_ahead == 10  # the low input and the last high one
+    finally:
+        loop.close()
+
+
+def test_once_the_queue_stops_yielding_a_low_batch_is_full_while_high_is_in_use():
+    loop = asyncio.new_event_loop()
+    try:
+        queue = BatchQueue(loop, max_batch_tokens=10_000, max_batch_requests=None, overhead_tokens=5000.0)
+        for lane, n in ((HIGH, 1), (LOW, 8)):
+            queue.put(Job(loop, n, priority=lane), [[1] * 40] * n)
+        for _ in range(2):
+            batch = queue.take(block=False)
+            assert batch is not None
+            queue.done(batch)  # the high one first; times of both are now known to the budget
+        for lane, n in ((HIGH, 1), (LOW, 8)):
+            queue.put(Job(loop, n, priority=lane), [[1] * 40] * n)
+        queue.stop_yielding()
+        high = queue.take(block=False)
+        low = queue.take(block=False)
+        assert high is not None
+        assert low is not None
+        assert len(low.entries) == 8
+    finally:
+        loop.close()

@@ -82,6 +82,10 @@ class Runner:
             done.synchronize()
         return self.to_results(host.numpy())
 
+    def express(self) -> None:
+        """No express lane on torch: on a CPU a second thread running torch ops keeps an OpenMP pool of its own (see
+        :class:`~embedserve.core.backend.BackendThread`), and on a GPU both would queue on the one device."""
+
     def warmup(self, max_batch_tokens: int) -> ForwardCost:
         """The cost of a forward pass (see :mod:`embedserve.engines.warmup`); on CUDA measured with a
         full ``max_batch_tokens`` batch of the longest inputs, so that an out-of-memory shows at start-up, as a

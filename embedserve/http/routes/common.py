@@ -9,7 +9,8 @@ from starlette.requests import Request
 
 from embedserve.core import chunking, images, tasks
 from embedserve.core.capabilities import Capability
-from embedserve.core.runtime import ModelRuntime, Timings
+from embedserve.core.results import Timings
+from embedserve.core.runtime import ModelRuntime
 from embedserve.http.deadline import deadline
 from embedserve.http.edge import context, facts
 from embedserve.http.image_inputs import has_images, load_images
