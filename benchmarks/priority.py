@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from benchmarks.cli import DEFAULT_OUT, default_model, require
 from benchmarks.report import figure, machine_line, num, write_standalone
@@ -141,7 +142,7 @@ def _server_cells(
     context = multiprocessing.get_context("spawn")
     cells: dict[str, Any] = {}
     log = out / "server-logs.tmp" / f"priority{'-'.join(['', *args])}.log"
-    with running(spec, log), httpx.Client(base_url=url, timeout=60) as client:
+    with running(spec, log) as server, httpx.Client(base_url=url, timeout=60) as client:
         lane = _open_lane(client)
         idle = _probe(client, "high", seconds)
         cells[f"{prefix}idle"] = idle | {"express_lane": lane}
@@ -151,10 +152,15 @@ def _server_cells(
             flood = context.Process(target=_flood, args=(url, flood_lane, clients, polite, stop, results))
             flood.start()
             time.sleep(3.0)  # the flood fills the queue first
+            processes = {"server_cpu": server.process, "flood_cpu": psutil.Process(flood.pid)}
+            cpu = {key: _cpu_seconds(process) for key, process in processes.items()}
             before, started = scrape(HOST, spec.port), time.perf_counter()
             probed = _probe(client, probe_lane, seconds)
+            elapsed = time.perf_counter() - started
             forward_s = delta(before, scrape(HOST, spec.port), "embedserve_batch_duration_seconds_sum", model=SERVED)
-            probed["busy"] = forward_s / (time.perf_counter() - started)
+            probed["busy"] = forward_s / elapsed
+            for key, process in processes.items():  # shares of one core over the probing time
+                probed[key] = (_cpu_seconds(process) - cpu[key]) / elapsed
             stop.set()
             ok, refused = results.get(timeout=120)
             flood.join(60)
@@ -201,14 +207,15 @@ def report(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| cell | prober answered | prober refused (429) | p50 ms | p99 ms | flood batches served | flood refused "
-        "| model busy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model busy | CPU: server / flood client (% of a core) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cell in cells.items():
         busy = f"{cell['busy']:.0%}" if "busy" in cell else "-"
+        cpu = f"{cell['server_cpu']:.0%} / {cell['flood_cpu']:.0%}" if "flood_cpu" in cell else "-"
         lines.append(f"| {name} | {cell['requests']} | {cell['refused']} | {num(cell['p50_ms'])} | "
                      f"{num(cell['p99_ms'])} | "
-                     f"{cell.get('flood_ok', '-')} | {cell.get('flood_refused', '-')} | {busy} |")  # fmt: skip
+                     f"{cell.get('flood_ok', '-')} | {cell.get('flood_refused', '-')} | {busy} | {cpu} |")  # fmt: skip
     lines += [
         "",
         "Without lanes (`normal under normal flood`) the same prober's p50 is "
@@ -228,6 +235,12 @@ def report(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    """User and system CPU seconds of a process and its threads so far."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
