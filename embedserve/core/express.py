@@ -48,7 +48,9 @@ class ExpressLane:
         self, model: InferenceModel, name: str, queue: BatchQueue, on_batch: Callable[[Batch], None] | None
     ) -> None:  # fmt: skip
         self.state = LaneState.WAITING
-        self._model = model
+        self._model: InferenceModel | None = model
+        """The main runner, whose :meth:`~embedserve.engines.base.InferenceModel.express` builds the lane's; dropped
+        on close, so a stopped model's memory can go whatever still holds this lane."""
         self._name = name
         self._queue = queue
         self._on_batch = on_batch
@@ -62,15 +64,17 @@ class ExpressLane:
 
     def wanted(self) -> None:
         """A high-priority request arrived: open the lane if it is not open yet. Event loop only."""
-        if self.state is LaneState.WAITING:
+        if self.state is LaneState.WAITING and self._model is not None:
             self.state = LaneState.OPENING
             self._opening = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self) -> None:
+        assert self._model is not None
+        build = self._model.express
         thread = BackendThread(name=f"{self._name}-express", express=True)
         try:
             with logs.step(log, "model %s: opening the express lane for high-priority batches", self._name):
-                runner = await thread.call(self._model.express)
+                runner = await thread.call(build)
         except Exception:
             log.exception("model %s: the express lane failed to open; high-priority batches wait", self._name)
             runner = None
@@ -88,6 +92,7 @@ class ExpressLane:
     def close(self) -> None:
         """Stop the lane's thread (the queue is closed by then, so it has nothing left to take)."""
         self.state = LaneState.CLOSED
+        self._model = None
         if self._thread is not None:
             self._thread.stop(0)
             self._thread = None
