@@ -37,10 +37,9 @@ import sys
 import time
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import psutil
 
 from benchmarks.cli import DEFAULT_OUT, default_model, require
 from benchmarks.report import figure, machine_line, num, write_standalone
@@ -48,6 +47,9 @@ from benchmarks.runner import hardware
 from benchmarks.servers import HOST, SERVED, embedserve_spec, free_port, running
 from benchmarks.stages import delta, scrape
 from benchmarks.texts import make_texts
+
+if TYPE_CHECKING:
+    import psutil
 
 TARGET_RATIO = 2.0
 PROBE_GAP_S = 0.05
@@ -152,7 +154,7 @@ def _server_cells(
             flood = context.Process(target=_flood, args=(url, flood_lane, clients, polite, stop, results))
             flood.start()
             time.sleep(3.0)  # the flood fills the queue first
-            processes = {"server_cpu": server.process, "flood_cpu": psutil.Process(flood.pid)}
+            processes = {"server_cpu": server.process, "flood_cpu": _process(flood.pid)}
             cpu = {key: _cpu_seconds(process) for key, process in processes.items()}
             before, started = scrape(HOST, spec.port), time.perf_counter()
             probed = _probe(client, probe_lane, seconds)
@@ -235,6 +237,12 @@ def report(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _process(pid: int | None) -> psutil.Process:
+    import psutil  # the bench extra, checked by main() before measuring
+
+    return psutil.Process(pid)
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
