@@ -38,8 +38,9 @@ class Delegating:
     def warmup(self, max_batch_tokens: int) -> ForwardCost:
         return self.inner.warmup(max_batch_tokens)
 
-    def express(self) -> None:
+    def express(self) -> InferenceModel | None:
         """None: the wrapper controls timing, and a second runner would go around it."""
+        return None
 
 
 class Gated(Delegating):
@@ -71,7 +72,7 @@ class GatedMain(Gated):
     """Gated, but its express lane (a second runner from the real model) is not: only the main thread's forward
     passes wait at the gate."""
 
-    def express(self) -> InferenceModel | None:  # type: ignore[override]
+    def express(self) -> InferenceModel | None:
         return self.inner.express()
 
 

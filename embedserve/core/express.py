@@ -64,7 +64,7 @@ class ExpressLane:
 
     def wanted(self) -> None:
         """A high-priority request arrived: open the lane if it is not open yet. Event loop only."""
-        if self.state is LaneState.WAITING and self._model is not None:
+        if self.state is LaneState.WAITING:
             self.state = LaneState.OPENING
             self._opening = asyncio.get_running_loop().create_task(self._open())
 
@@ -78,11 +78,13 @@ class ExpressLane:
         except Exception:
             log.exception("model %s: the express lane failed to open; high-priority batches wait", self._name)
             runner = None
+        else:
+            if runner is None:
+                log.info("model %s: its engine has no express lane; high-priority batches wait", self._name)
         if runner is None or self.state is not LaneState.OPENING:  # none to open, or closed meanwhile
             thread.stop(0)
             if self.state is LaneState.OPENING:
                 self.state = LaneState.NONE
-                log.info("model %s: its engine has no express lane; high-priority batches wait", self._name)
             return
         self._thread = thread
         self._queue.stop_yielding()

@@ -5,7 +5,6 @@ vector the main thread computes. A gate on the main thread's runner is the only 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import numpy as np
@@ -19,11 +18,6 @@ pytestmark = pytest.mark.integration
 QUERY = "where is the nearest train station"
 
 
-def info(client: httpx.Client) -> dict[str, object]:
-    body: dict[str, object] = client.get("/info").json()
-    return body
-
-
 def test_a_high_request_computes_while_the_main_forward_pass_is_held_once_the_lane_opened(minilm_path):
     loader, built = wrapping(GatedMain)
 
@@ -33,13 +27,8 @@ def test_a_high_request_computes_while_the_main_forward_pass_is_held_once_the_la
             assert (await client.get("/info")).json()["express_lane"] == "waiting"
             first = await client.post("/embed", json={"inputs": QUERY}, headers={"X-Priority": "high"})
             assert first.status_code == 200  # computed by the main thread: the lane opens in the background
-            lane = None
-            for _ in range(600):
-                lane = (await client.get("/info")).json()
-                if lane["express_lane"] == "open":
-                    break
-                await asyncio.sleep(0.05)
-            assert lane is not None
+            await eventually(lambda: server.runtime.express_lane == "open")
+            lane = (await client.get("/info")).json()
             assert (lane["express_lane"], lane["lane_yield"]) == ("open", False)
             held = await model.hold(client, {"inputs": ["a bulk document held in the forward pass"] * 4,
                                              "priority": "low"})  # fmt: skip
@@ -80,10 +69,6 @@ def test_without_the_express_lane_a_high_request_waits_for_the_held_pass(minilm_
 def test_an_engine_without_a_second_runner_reports_none_and_keeps_yielding(minilm_path):
     with run_server(model_settings(minilm_path, engine="onnx")) as server, httpx.Client(base_url=server.url) as client:
         assert client.post("/embed", json={"inputs": QUERY}, headers={"X-Priority": "high"}).status_code == 200
-        found = {}
-        for _ in range(200):
-            found = info(client)
-            if found["express_lane"] != "opening":
-                break
-            time.sleep(0.05)
+        asyncio.run(eventually(lambda: server.runtime.express_lane != "opening"))
+        found = client.get("/info").json()
         assert (found["express_lane"], found["lane_yield"]) == ("none", True)
