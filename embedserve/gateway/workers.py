@@ -119,10 +119,14 @@ class Workers:
         task.add_done_callback(self._checks.discard)
 
     async def poll(self) -> None:
-        """Check every worker, then again every ``interval`` seconds, until cancelled."""
+        """Check every worker every ``interval`` seconds, each on its own cadence, until cancelled: a worker slow to
+        answer (up to the health timeout) does not delay noticing that another came back or went down."""
+        await asyncio.gather(*(self._watch(w) for w in self.all()))
+
+    async def _watch(self, worker: Worker) -> None:
         while True:
-            await asyncio.gather(*(self.check(w) for w in self.all()))
             await asyncio.sleep(self._interval)
+            await self.check(worker)
 
     async def close(self) -> None:
         """Cancel the re-checks still in flight."""
