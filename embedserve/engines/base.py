@@ -47,6 +47,9 @@ class ModelInfo:
     length_multiple: int = 1
     """The engine pads each batch of texts to a multiple of this many tokens (see :func:`padded_length`); the packer
     weighs padding by the same rule."""
+    graph: str | None = None
+    """How torch runs the forward pass: ``torchscript`` (a checked trace, on a CPU) or ``eager``; None on the graph
+    engines (ONNX Runtime, OpenVINO), which always run a graph."""
 
     @property
     def dimensions(self) -> int | None:

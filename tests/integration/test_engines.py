@@ -57,6 +57,19 @@ def test_each_model_reports_the_engine_it_runs_on_in_float32(engine_server):
     assert all(m["engine"]["agreement"] is None for m in models)
 
 
+def test_torch_runs_dense_and_sparse_models_as_a_checked_trace_on_a_cpu(engine_server):
+    """Every architecture of the matrix traces and passes the start-up check, so the vector tests of this module
+    exercise the trace; the scoring models call the model with token types and stay eager; graph engines say none."""
+    engine, server = engine_server
+    with server.client() as client:
+        graphs = {m["served_model_name"]: m["engine"]["graph"] for m in client.get("/info").json()["models"]}
+    if engine != "torch":
+        assert set(graphs.values()) == {None}
+        return
+    assert graphs == {"minilm": "torchscript", "splade": "torchscript", "reranker": "eager", "classifier": "eager",
+                      **dict.fromkeys(ARCHITECTURES, "torchscript")}  # fmt: skip
+
+
 def test_dense_vectors_equal_sentence_transformers_truncating_at_max_seq_length(engine_server, reference_model):
     _, server = engine_server
     got = np.array(post(server, "/embed", {"inputs": MIXED}))  # MIXED holds inputs over 256 tokens

@@ -12,6 +12,8 @@ from embedserve.engines.torch.runner import Runner
 class DenseRunner(Runner):
     """``AutoModel`` hidden states pooled into one float32 vector per input."""
 
+    output = "last_hidden_state"
+
     def __init__(self, model: Any, *, pooling: str, **common: Any) -> None:
         super().__init__(model, **common)
         self.pooling = pooling
@@ -20,7 +22,7 @@ class DenseRunner(Runner):
         self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, types: torch.Tensor | None
     ) -> torch.Tensor:
         """Pooled hidden states, (inputs, hidden) float32."""
-        hidden: torch.Tensor = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = self.encode(ids, mask)
         if self.pooling == "cls":
             return hidden[:, 0].float()
         if self.pooling == "mean":

@@ -26,6 +26,7 @@ from embedserve.engines.torch.cross import CrossRunner
 from embedserve.engines.torch.dense import DenseRunner
 from embedserve.engines.torch.runner import Runner
 from embedserve.engines.torch.sparse import SpladeRunner
+from embedserve.engines.torch.trace import trace
 from embedserve.errors import ModelLoadError
 from embedserve.settings import ModelSettings
 
@@ -90,9 +91,13 @@ def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_roo
             dtype = torch.bfloat16
         else:
             model.to(torch.float32)
+    if cpu and spec.torchscript and runner.output is not None:
+        reason = trace(runner)
+        if reason is not None:
+            log.warning("%s runs eagerly: %s", spec.model_id, reason)
     info = desc.info(
         architecture=type(model).__name__, dtype=str(dtype).removeprefix("torch."), device=str(device),
-        agreement=found,
+        agreement=found, graph=runner.graph,
     )  # fmt: skip
     return info, runner
 

@@ -3,9 +3,10 @@ the next batch be prepared while the GPU computes, and the warm-up that measures
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -16,13 +17,21 @@ from embedserve.errors import ModelLoadError
 Prepared = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 """ids, attention mask, lengths, token type ids (pairs only)."""
 
+Encode = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""The model called with input ids and an attention mask, returning one field of its output."""
+
 
 class Runner:
     """A loaded transformers model, run as prepare -> launch -> finish on its backend thread.
 
     Subclasses implement :meth:`forward` (device tensors in, one device tensor out, first dimension the batch) and
-    may override :meth:`to_results` (host array -> one result per input).
+    may override :meth:`to_results` (host array -> one result per input). A subclass that calls the model with ids
+    and mask only names the output field it uses in :attr:`output` and calls :attr:`encode`, which a CPU load may
+    replace with a TorchScript trace of the same call (:mod:`embedserve.engines.torch.trace`).
     """
+
+    output: ClassVar[str | None] = None
+    """The field of the model's output that :attr:`encode` returns; None where the runner calls the model itself."""
 
     def __init__(self, model: Any, *, device: torch.device, pad_id: int, max_len: int) -> None:
         self.model = model
@@ -30,6 +39,18 @@ class Runner:
         self.cuda = device.type == "cuda"
         self.pad_id = pad_id
         self.max_len = max_len
+        # A decoder would build a key/value cache that an embedding never uses (and a trace cannot return).
+        takes_cache = "use_cache" in inspect.signature(model.forward).parameters
+        self._options: dict[str, Any] = {"use_cache": False} if takes_cache else {}
+        self.encode: Encode = self.eager_encode
+        """The model on (ids, mask), returning :attr:`output`: eager, or a verified trace of this on a CPU."""
+        self.graph = "eager"
+        """How :attr:`encode` runs: ``eager`` or ``torchscript``."""
+
+    def eager_encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The model's own Python forward on (ids, mask), returning the :attr:`output` field."""
+        out: torch.Tensor = getattr(self.model(input_ids=ids, attention_mask=mask, **self._options), str(self.output))
+        return out
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, types: torch.Tensor | None) -> Any:
         """The model's output for a prepared batch, as a float32 tensor on the device."""

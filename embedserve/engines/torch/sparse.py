@@ -15,6 +15,8 @@ from embedserve.engines.torch.runner import Runner
 class SpladeRunner(Runner):
     """One (indices, values) pair of arrays per input: the vocabulary terms with a non-zero weight."""
 
+    output = "logits"
+
     def forward(
         self, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, types: torch.Tensor | None
     ) -> torch.Tensor:
@@ -24,7 +26,7 @@ class SpladeRunner(Runner):
         pooled = []
         for start in range(0, ids.shape[0], step):
             part = slice(start, start + step)
-            logits = self.model(input_ids=ids[part], attention_mask=mask[part]).logits
+            logits = self.encode(ids[part], mask[part])
             weights = torch.log1p(torch.relu(logits.float())) * mask[part].unsqueeze(-1)
             pooled.append(weights.amax(dim=1))
         return torch.cat(pooled)

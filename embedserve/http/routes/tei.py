@@ -172,14 +172,16 @@ async def metrics(request: Request) -> Response:
 
 
 def _engine(runtime: ModelRuntime) -> dict[str, Any]:
-    """How the model runs: the engine, its quantization, and the agreement of a reduced precision with float32."""
+    """How the model runs: the engine, its quantization, whether torch runs a trace, and the agreement of a reduced
+    precision with float32."""
     model = runtime.info
     if model is None:
-        return {"name": runtime.spec.engine, "quantize": runtime.spec.quantize, "agreement": None}
+        return {"name": runtime.spec.engine, "quantize": runtime.spec.quantize, "graph": None, "agreement": None}
     agreement = model.agreement
     return {
         "name": model.engine,
         "quantize": model.quantize,
+        "graph": model.graph,
         "agreement": None
         if agreement is None
         else {
