@@ -7,8 +7,9 @@ float32) and L2 normalization, and returns float32 vectors on the host. Only the
 
 | engine | forward pass |
 |---|---|
-| torch | eager PyTorch, float32 on CPU (float16 on CUDA, as embedserve's torch engine) |
+| torch | eager PyTorch, float32 on CPU (float16 on CUDA, as embedserve's torch engine there) |
 | torch-bf16 | eager PyTorch with the model in bfloat16 (CPU), pooling in float32 |
+| torch-script | PyTorch float32 on a CPU, the model's call traced and frozen (embedserve's torch engine on a CPU) |
 | onnx | ONNX Runtime on the exported graph (its own default graph optimizations) |
 | onnx-optimized | ONNX Runtime on the graph fused by onnxruntime.transformers.optimizer |
 | onnx-int8 | ONNX Runtime on the optimized graph, dynamic int8 quantized per channel |
@@ -119,7 +120,7 @@ class _Tokenizing:
 class TorchEncoder(_Tokenizing):
     """Eager PyTorch (what embedserve's torch engine runs); pooling on the device, in float32 for bf16."""
 
-    def __init__(self, model_dir: Path, device: str, threads: int, bf16: bool = False) -> None:
+    def __init__(self, model_dir: Path, device: str, threads: int, bf16: bool = False, script: bool = False) -> None:
         import torch
         from transformers import AutoModel
 
@@ -135,13 +136,19 @@ class TorchEncoder(_Tokenizing):
             self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         model = AutoModel.from_pretrained(str(model_dir), dtype=self.dtype)
         self.model = model.to(self.device).eval()
+        self.script = script
+        if script:
+            self.model = _traced(self.model, self.tokenize(["a traced example", "another, longer example text"], "pt"))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Normalized float32 embeddings on the host, one row per text."""
         torch = self.torch
         with torch.inference_mode():
             batch = self.tokenize(texts, "pt").to(self.device)
-            hidden = self.model(**batch).last_hidden_state
+            if self.script:
+                hidden = self.model(batch["input_ids"], batch["attention_mask"])
+            else:
+                hidden = self.model(**batch).last_hidden_state
             if self.dtype == torch.bfloat16:
                 hidden = hidden.float()
             if self.pooling == "cls":
@@ -159,6 +166,7 @@ class TorchEncoder(_Tokenizing):
         return {
             "runtime": f"torch {torch.__version__}",
             "dtype": str(self.dtype).removeprefix("torch."),
+            "graph": "torchscript" if self.script else "eager",
             "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
         }
@@ -250,6 +258,25 @@ class OpenVinoEncoder(_GraphEncoder):
         }
 
 
+def _traced(model: Any, example: Any) -> Any:
+    """``model`` on (input ids, attention mask) -> last hidden state, traced and frozen with TorchScript."""
+    import warnings
+
+    import torch
+
+    class Call(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids: Any, mask: Any) -> Any:
+            return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on constants it records
+        return torch.jit.freeze(torch.jit.trace(Call().eval(), (example["input_ids"], example["attention_mask"])))
+
+
 def create(engine: str, model_dir: Path, device: str, threads: int) -> Encoder:
     """Build one engine; raises EngineUnavailableError when it cannot run meaningfully on this machine."""
     if engine not in ENGINES:
@@ -260,8 +287,8 @@ def create(engine: str, model_dir: Path, device: str, threads: int) -> Encoder:
         raise EngineUnavailableError(
             "the CPU has neither avx512_bf16 nor amx_bf16 (/proc/cpuinfo): bf16 would be emulated, so slow"
         )
-    if engine in ("torch", "torch-bf16"):
-        return TorchEncoder(model_dir, device, threads, bf16=engine == "torch-bf16")
+    if engine.startswith("torch"):
+        return TorchEncoder(model_dir, device, threads, bf16=engine == "torch-bf16", script=engine == "torch-script")
     onnx_path = onnx_files.ensure(model_dir, _ONNX_VARIANT[engine])
     if engine.startswith("onnx"):
         return OnnxRuntimeEncoder(model_dir, onnx_path, threads)

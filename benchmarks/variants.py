@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The in-process ceiling engines (benchmarks/engines.py), in run order; torch float32 first, the reference.
-CEILING_ENGINES = ("torch", "torch-bf16", "onnx", "onnx-optimized", "onnx-int8", "openvino", "openvino-bf16")
+CEILING_ENGINES = (
+    "torch",
+    "torch-script",
+    "torch-bf16",
+    "onnx",
+    "onnx-optimized",
+    "onnx-int8",
+    "openvino",
+    "openvino-bf16",
+)
 
 
 @dataclass(frozen=True)
