@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embedserve.engines")
 
+OPENMP_SPIN_COUNT = "10000"
+"""How long torch's OpenMP workers (GNU libgomp) spin-wait for the next parallel region before they sleep, in spin
+iterations: tens of microseconds, which covers the gaps between the operations of one forward pass. libgomp's
+default, 300,000, keeps them spinning for milliseconds after every pass, on the cores the event loop needs to send
+the answer and read the next request: at concurrency 1 on 2 cores the torch engine used 1.91 cores, and 1.69 with
+this count, for 99.1 instead of 93.7 short requests/s (means of three alternating 10 s runs). Set before torch is
+first imported, unless ``GOMP_SPINCOUNT`` is already set."""
+
 
 def load(spec: ModelSettings) -> tuple[ModelInfo, InferenceModel]:
     """Load the model ``spec`` names (fetching its files if needed). Raises ModelLoadError naming what is wrong."""
+    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)  # read once, when torch loads libgomp
     from embedserve.engines.describe import describe  # transformers (which imports torch) only once a model loads
 
     engine = choose_engine(spec)

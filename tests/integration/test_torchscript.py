@@ -69,3 +69,28 @@ def test_the_check_refuses_a_trace_that_differs_in_shape_value_or_nan():
     nan[0, 0, 0] = float("nan")
     assert _difference(expected, nan, mask) is not None
     assert "shape" in str(_difference(expected, expected[:, :2], mask))
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "10000"), ("500", "500")])
+def test_torch_openmp_workers_spin_briefly_unless_the_user_chose(minilm_path, preset, expected):
+    """In a fresh interpreter: the spin count is in the environment before the first model load imports torch (libgomp
+    reads it then), and a user's own value is kept."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from embedserve import engines\n"
+        "from tests.conftest import model_settings\n"
+        "assert 'torch' not in sys.modules\n"
+        f"engines.load(model_settings(__import__('pathlib').Path({str(minilm_path)!r}), engine='torch'))\n"
+        "print(os.environ['GOMP_SPINCOUNT'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if preset is not None:
+        env["GOMP_SPINCOUNT"] = preset
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[2])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == expected
