@@ -44,8 +44,11 @@ class Runner:
         self._options: dict[str, Any] = {"use_cache": False} if takes_cache else {}
         self.encode: Encode = self.eager_encode
         """The model on (ids, mask), returning :attr:`output`: eager, or a verified trace of this on a CPU."""
-        self.graph = "eager"
-        """How :attr:`encode` runs: ``eager`` or ``torchscript``."""
+
+    @property
+    def graph(self) -> str:
+        """How :attr:`encode` runs: ``eager``, or ``torchscript`` once a trace replaced it."""
+        return "eager" if self.encode == self.eager_encode else "torchscript"
 
     def eager_encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The model's own Python forward on (ids, mask), returning the :attr:`output` field."""

@@ -77,11 +77,7 @@ def trace(runner: Runner) -> str | None:
     except Exception as exc:  # a model the tracer cannot record: it keeps serving eagerly
         return f"it cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
 
-    def encode(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = traced(ids, mask)
-        return out
-
-    runner.encode, runner.graph = encode, "torchscript"
+    runner.encode = traced
     log.info("forward pass traced with TorchScript and checked against the eager model in %.1f s",
              time.perf_counter() - began)  # fmt: skip
     return None
