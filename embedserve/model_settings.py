@@ -85,6 +85,18 @@ class ModelSettings:
             "capped by a container's CPU quota)."
         ),
     )
+    parallel_passes: int | None = field(
+        default=None,
+        metadata=opt(
+            "With OpenVINO on a CPU (--engine openvino, or auto where it picks it): how many batches compute at "
+            "once, each on its share of the --intra-op-threads, while more than one batch is waiting (a batch that "
+            "finds nothing else waiting still runs alone, on every thread). Side by side, one-thread passes do not "
+            "wait on each other at the end of every operator as the threads of one pass do: on 2 cores, 32 clients "
+            "of mixed lengths got 169 instead of 153 emb/s. Default: OpenVINO's choice for the CPU (2 on 2 cores). "
+            "It costs a second compiled copy of the model (about 160 MiB for all-MiniLM-L6-v2); 1 turns it off. "
+            "SPLADE models and the other engines compute one pass at a time."
+        ),
+    )
     engine_cache_dir: str | None = field(
         default=None,
         metadata=opt(
@@ -269,12 +281,10 @@ class ModelSettings:
         positive("max_client_batch_size", self.max_client_batch_size)
         if self.chunk_overlap < 0:
             raise SettingsError(f"--chunk-overlap must be 0 or positive, got {self.chunk_overlap}")
-        if self.max_batch_requests is not None:
-            positive("max_batch_requests", self.max_batch_requests)
-        if self.tokenization_workers is not None:
-            positive("tokenization_workers", self.tokenization_workers)
-        if self.intra_op_threads is not None:
-            positive("intra_op_threads", self.intra_op_threads)
+        for name in ("max_batch_requests", "tokenization_workers", "intra_op_threads", "parallel_passes"):
+            value = getattr(self, name)
+            if value is not None:
+                positive(name, value)
         self._check_engine()
         if not self.model_id.strip():
             raise SettingsError("--model-id must not be empty")

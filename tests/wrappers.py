@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 from embedserve.core.registry import default_loader
-from embedserve.engines.base import InferenceModel, ModelInfo
+from embedserve.engines.base import InferenceModel, ModelInfo, ParallelModel
 from embedserve.engines.warmup import ForwardCost
 from embedserve.settings import ModelSettings
 
@@ -92,6 +92,48 @@ class Poisoned(Delegating):
         if poisoned:
             raise RuntimeError("CUDA error: device-side assert triggered (secret internal detail)")
         return super().launch(inner)
+
+
+class Parallel(Delegating):
+    """Delegates parallel passes (:class:`~embedserve.engines.base.ParallelModel`) too, counting how many computed
+    at once and how many batches ran alone; a pass whose batch holds ``poison_id`` fails (when collected, or when
+    launched alone), like a failing kernel would."""
+
+    def __init__(self, inner: InferenceModel, poison_id: int = -1) -> None:
+        super().__init__(inner)
+        self.passes = cast(ParallelModel, inner).passes
+        self.poison_id = poison_id
+        self.computing = 0
+        self.most_at_once = 0
+        self.started = 0
+        self.alone = 0
+
+    def launch(self, prepared: Any) -> Any:
+        with self._lock:
+            self.alone += 1
+        if (prepared.feeds["input_ids"] == self.poison_id).any():
+            raise RuntimeError("oneDNN primitive failed (secret internal detail)")
+        return super().launch(prepared)
+
+    def start(self, prepared: Any, landed: Callable[[], None]) -> Any:
+        def ended() -> None:
+            with self._lock:
+                self.computing -= 1
+            landed()
+
+        with self._lock:
+            self.computing += 1
+            self.started += 1
+            self.most_at_once = max(self.most_at_once, self.computing)
+        poisoned = bool((prepared.feeds["input_ids"] == self.poison_id).any())
+        return poisoned, cast(ParallelModel, self.inner).start(prepared, ended)
+
+    def collect(self, started: Any) -> Any:
+        poisoned, inner = started
+        results = cast(ParallelModel, self.inner).collect(inner)
+        if poisoned:
+            raise RuntimeError("oneDNN primitive failed (secret internal detail)")
+        return results
 
 
 def wrapping(make: Callable[[InferenceModel], Delegating]) -> tuple[Callable[..., Any], list[Delegating]]:

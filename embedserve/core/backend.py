@@ -7,22 +7,27 @@ steps, so that on a GPU the next batch is taken and copied to the device while t
 -> ``finish`` (wait, device -> host, one result per input).
 
 On CPU ``launch`` computes synchronously, so the next batch is taken only after the forward pass and holds
-everything that arrived meanwhile. An exception fails only the batch it happened in; the thread carries on. This
-module does not import torch: the model object (from an engine, see :mod:`embedserve.engines.base`) does.
+everything that arrived meanwhile. A model that computes several passes at once
+(:class:`~embedserve.engines.base.ParallelModel`, OpenVINO's streams) gets up to that many batches in flight while
+more than one is waiting; the thread still takes every batch and hands back every result, and the engine's own
+threads compute. An exception fails only the batch it happened in; the thread carries on. This module does not
+import torch: the model object (from an engine, see :mod:`embedserve.engines.base`) does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 from embedserve.core.batching import Batch, BatchQueue
-from embedserve.engines.base import ImageModel, InferenceModel
+from embedserve.engines.base import ImageModel, InferenceModel, ParallelModel
 
 log = logging.getLogger("embedserve.backend")
 T = TypeVar("T")
@@ -86,6 +91,9 @@ class BackendThread:
         model, queue = self._model, self._queue
         assert model is not None
         assert queue is not None
+        if getattr(model, "passes", 1) > 1 and not self._express:
+            self._parallel(cast(ParallelModel, model), queue)
+            return
         ahead: tuple[Batch, Any] | None = None
         while True:
             if ahead is None:
@@ -109,20 +117,72 @@ class BackendThread:
                 self._failed(batch, exc)
                 continue
             batch.t_end = time.perf_counter()
-            queue.done(batch)
-            self.batches_run += 1
-            self.largest_batch = max(self.largest_batch, len(batch.entries))
-            if self._on_batch is not None:
+            self._deliver(batch, outputs)
+
+    def _parallel(self, model: ParallelModel, queue: BatchQueue) -> None:
+        """Up to ``model.passes`` batches compute at once while more than one is waiting; a batch that finds nothing
+        else running or queued computes alone, on every thread. The engine's threads report each pass's end
+        (``landed``, then a wake-up of the queue's wait), and this thread collects and delivers it."""
+        landed: deque[Batch] = deque()
+        running: dict[int, tuple[Batch, Any]] = {}
+
+        def ended(batch: Batch) -> None:  # on the engine's thread
+            batch.t_end = time.perf_counter()
+            landed.append(batch)
+            queue.wake()
+
+        while queue.wait(room=len(running) < model.passes, woken=lambda: bool(landed)):
+            while landed:
+                done = landed.popleft()
+                self._collect(done, functools.partial(model.collect, running.pop(id(done))[1]))
+            while len(running) < model.passes:
+                batch = queue.take(block=False)
+                ahead = None if batch is None else self._prepare(batch)
+                if ahead is None:
+                    if batch is None:
+                        break
+                    continue
+                batch, prepared = ahead
+                batch.t_start = time.perf_counter()
+                if not running and not len(queue):  # alone: every thread, as without parallel passes
+                    self._collect(batch, functools.partial(_alone, model, prepared))
+                    break
+                for other, _ in running.values():
+                    other.shared += 1
+                batch.shared = len(running) + 1
                 try:
-                    self._on_batch(batch)
-                except Exception:  # observing must never cost a request its answer
-                    log.exception("batch observer failed")
-            batch.complete(outputs)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "batch of %d inputs: %d tokens, %d padded, %.1f ms",
-                    len(batch.entries), batch.real_tokens, batch.padded_tokens, (batch.t_end - batch.t_start) * 1000,
-                )  # fmt: skip
+                    running[id(batch)] = batch, model.start(prepared, functools.partial(ended, batch))
+                except Exception as exc:
+                    self._failed(batch, exc)
+        for batch, started in running.values():  # closed: the passes in flight still finish and answer
+            self._collect(batch, functools.partial(model.collect, started))
+
+    def _collect(self, batch: Batch, results: Callable[[], Iterable[Any]]) -> None:
+        try:
+            outputs = results()
+        except Exception as exc:
+            self._failed(batch, exc)
+            return
+        batch.t_end = batch.t_end or time.perf_counter()
+        self._deliver(batch, outputs)
+
+    def _deliver(self, batch: Batch, outputs: Iterable[Any]) -> None:
+        """A computed batch: its tokens leave the queue's count, the observer sees it, its results go back."""
+        assert self._queue is not None
+        self._queue.done(batch)
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(batch.entries))
+        if self._on_batch is not None:
+            try:
+                self._on_batch(batch)
+            except Exception:  # observing must never cost a request its answer
+                log.exception("batch observer failed")
+        batch.complete(outputs)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "batch of %d inputs (%d passes at once): %d tokens, %d padded, %.1f ms", len(batch.entries),
+                batch.shared, batch.real_tokens, batch.padded_tokens, (batch.t_end - batch.t_start) * 1000,
+            )  # fmt: skip
 
     def _prepare(self, batch: Batch) -> tuple[Batch, Any] | None:
         assert self._model is not None
@@ -146,3 +206,7 @@ class BackendThread:
             exc_info=exc,
         )
         batch.fail(exc)
+
+
+def _alone(model: InferenceModel, prepared: Any) -> Iterable[Any]:
+    return model.finish(model.launch(prepared))

@@ -1,18 +1,16 @@
 """Queue entries, batch packing and the hand-off to the backend thread (admission is in
 :mod:`embedserve.core.admission`).
 
-Ownership and threads:
-
 * :class:`Job` lives on the event loop and is only touched there (its deadline is read by the packer).
 * :class:`BatchQueue` is the one structure shared with the backend thread. The loop appends entries under its lock;
   the backend thread takes a packed :class:`Batch` under the same lock at the moment it is ready for one, so a batch
   holds everything that arrived while the previous forward pass ran (continuous batching, no wait timer, no polling).
-* Results go back to the loop with ``call_soon_threadsafe``: one callback per batch, never a future per input.
+  Results go back to the loop with ``call_soon_threadsafe``: one callback per batch, never a future per input.
 * The queue counts the real tokens it holds and the tokens of the batch running, for admission's predicted wait.
 * Each priority lane (:mod:`embedserve.core.priority`) has its own queue; a batch holds one lane's inputs, the lane
   chosen by :class:`~embedserve.core.priority.LaneChooser` (higher first, a waiting lane passed over at most
-  :data:`~embedserve.core.priority.MAX_PASSES` batches in a row).
-* While a higher lane is in use, a lower lane's batches are cut short (:class:`~embedserve.core.priority.YieldBudget`).
+  :data:`~embedserve.core.priority.MAX_PASSES` batches in a row). While a higher lane is in use, a lower lane's
+  batches are cut short (:class:`~embedserve.core.priority.YieldBudget`).
 * An input whose job's deadline passed while it waited is never computed: the packer drops it and fails its job
   with :class:`~embedserve.errors.DeadlineExceededError`.
 * An engine that pads texts to a multiple of some tokens (``length_multiple``, see
@@ -133,7 +131,7 @@ class Entry:
 class Batch:
     """Entries packed into one forward pass. Created and timed on the backend thread; resolved on the loop."""
 
-    __slots__ = ("entries", "express", "loop", "span_context", "t_end", "t_start", "width")
+    __slots__ = ("entries", "express", "loop", "shared", "span_context", "t_end", "t_start", "width")
 
     def __init__(
         self, entries: list[Entry], loop: asyncio.AbstractEventLoop, width: int | None = None, express: bool = False
@@ -146,6 +144,8 @@ class Batch:
         """The padded length of each input: the longest input's, or the engine's padded length for it."""
         self.t_start = 0.0
         self.t_end = 0.0
+        self.shared = 1
+        """Forward passes computing while this one started, itself included: they shared the cores."""
         self.span_context: Any = None
         """Set by tracing, when on, so that the requests served by this batch can link to its span."""
 
@@ -252,16 +252,11 @@ class BatchQueue:
         """Queue every input of ``job``. Loop side. Raises UnhealthyError once the queue is closed. ``pixels`` has
         one entry per input: a preprocessed image (costing ``image_cost``), or None for a text input."""
         if pixels is not None:
-            entries = [
-                Entry(job, i, ids) if image is None else Entry(job, i, ids, pixels=image, cost=image_cost)
-                for i, (ids, image) in enumerate(zip(token_ids, pixels, strict=True))
-            ]
-        elif type_ids is None:
-            entries = [Entry(job, i, ids) for i, ids in enumerate(token_ids)]
+            entries = [Entry(job, i, ids) if image is None else Entry(job, i, ids, pixels=image, cost=image_cost)
+                       for i, (ids, image) in enumerate(zip(token_ids, pixels, strict=True))]  # fmt: skip
         else:
-            entries = [
-                Entry(job, i, ids, types) for i, (ids, types) in enumerate(zip(token_ids, type_ids, strict=True))
-            ]
+            types = [None] * len(token_ids) if type_ids is None else type_ids
+            entries = [Entry(job, i, ids, t) for i, (ids, t) in enumerate(zip(token_ids, types, strict=True))]
         with self._cond:
             if self._closed:
                 raise UnhealthyError("the model is shutting down")
@@ -270,6 +265,21 @@ class BatchQueue:
             if self._yield is not None:
                 self._yield.queued(job.priority, time.perf_counter())
             self._cond.notify_all()  # the main thread and, for a high job, the express lane's
+
+    def wait(self, *, room: bool, woken: Callable[[], bool]) -> bool:
+        """Block until an input is queued (only with ``room``: a forward pass could start) or ``woken()`` holds,
+        which is checked under the lock that :meth:`wake` takes. False once the queue is closed. Backend side."""
+        with self._cond:
+            while not self._closed:
+                if woken() or (room and len(self)):
+                    return True
+                self._cond.wait()
+            return False
+
+    def wake(self) -> None:
+        """Wake :meth:`wait` to check its ``woken`` again (a forward pass ended). Any thread."""
+        with self._cond:
+            self._cond.notify_all()
 
     def stop_yielding(self) -> None:
         """From now on lower lanes' batches are not cut short for higher ones (the express lane is open)."""

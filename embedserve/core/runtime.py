@@ -144,8 +144,9 @@ class ModelRuntime:
         )  # fmt: skip
 
     def _observe(self, on_batch: Callable[[str, Batch], None] | None, batch: Batch) -> None:
-        """After each forward pass, on the backend thread: the measured speed, then the caller's observer."""
-        self.admission.throughput.observe(batch.real_tokens, batch.t_end - batch.t_start)
+        """After each forward pass, on the backend thread: the measured speed, then the caller's observer. A pass that
+        computed beside others (parallel passes) had a share of the cores: its time counts divided among them."""
+        self.admission.throughput.observe(batch.real_tokens, (batch.t_end - batch.t_start) / batch.shared)
         if on_batch is not None:
             on_batch(self.name, batch)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +50,8 @@ class ModelInfo:
     graph: str | None = None
     """How torch runs the forward pass: ``torchscript`` (a checked trace, on a CPU) or ``eager``; None on the graph
     engines (ONNX Runtime, OpenVINO), which always run a graph."""
+    passes: int = 1
+    """Forward passes it computes at once when several batches wait (:class:`ParallelModel`); 1: one at a time."""
 
     @property
     def dimensions(self) -> int | None:
@@ -121,6 +123,25 @@ class InferenceModel(Protocol):
         """A second runner of the same model, on one thread, that computes while this one does (the express lane,
         :mod:`embedserve.core.express`), warmed up; None where the engine has none. Called once, on the thread that
         will drive it."""
+
+
+class ParallelModel(InferenceModel, Protocol):
+    """A CPU model that can compute several batches at once, each on its share of the threads (OpenVINO's streams):
+    on few cores, two one-thread passes side by side do not wait on each other at every operator's end, as the two
+    threads of one pass do, and the one thread a preempted core stalls is its own. :meth:`launch` and
+    :meth:`finish` still run a pass on every thread: the backend uses them for a batch that finds nothing else
+    waiting (one query at a time keeps the latency of every thread)."""
+
+    passes: int
+    """How many passes :meth:`start` may have computing at once."""
+
+    def start(self, prepared: Any, landed: Callable[[], None]) -> Any:
+        """Start a pass on a free share of the threads and return at once; ``landed`` is called, on another thread,
+        when it has ended (also when it failed). At most :attr:`passes` at a time."""
+
+    def collect(self, started: Any) -> Iterable[Any]:
+        """The results of a pass from :meth:`start` (waiting for it if it has not landed), one per input; raises
+        what the pass raised. Frees its share."""
 
 
 class ImageModel(InferenceModel, Protocol):

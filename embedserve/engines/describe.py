@@ -66,7 +66,7 @@ class ModelDescription:
 
     def info(
         self, *, architecture: str, dtype: str, device: str, engine: str = "torch", quantize: str | None = None,
-        agreement: Agreement | None = None, length_multiple: int = 1, graph: str | None = None,
+        agreement: Agreement | None = None, length_multiple: int = 1, graph: str | None = None, passes: int = 1,
     ) -> ModelInfo:  # fmt: skip
         """The :class:`ModelInfo` of this model as an engine loaded it (its class name, engine and numerics)."""
         return ModelInfo(
@@ -92,6 +92,7 @@ class ModelDescription:
             image_tokens=self.image_tokens,
             length_multiple=length_multiple,
             graph=graph,
+            passes=passes,
         )
 
 

@@ -8,6 +8,7 @@ know) and compiles it with an explicit inference precision: float32, or bfloat16
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,11 +16,12 @@ import numpy as np
 import openvino as ov
 
 from embedserve.engines.agreement import LazyRun, batch_run
-from embedserve.engines.arrays import ArrayRunner, architecture, runner_settings
+from embedserve.engines.arrays import ArrayRunner, Padded, architecture, runner_settings
 from embedserve.engines.base import ModelInfo
 from embedserve.engines.describe import ModelDescription
 from embedserve.engines.onnx.graphs import Graph, fp32_graph
 from embedserve.engines.precision import cached_agreement, pick_bf16, wants_bf16
+from embedserve.engines.warmup import ForwardCost, uniform_batch
 from embedserve.errors import ModelLoadError
 from embedserve.settings import ModelSettings
 
@@ -48,31 +50,88 @@ query took 5.3 ms (p50; 8.8 at most) on it while the main copy computed 16 x 128
 
 
 class OpenVinoRunner(ArrayRunner):
-    """A compiled OpenVINO model behind the shared padding and pooling; one infer request, reused."""
+    """A compiled OpenVINO model behind the shared padding and pooling; one infer request, reused. With ``streams``
+    (the same graph compiled for several streams of fewer threads each) it is also a
+    :class:`~embedserve.engines.base.ParallelModel`: one infer request per stream, started asynchronously."""
 
     def __init__(self, compiled: Any, output_name: str, precision: str, **common: Any) -> None:
         super().__init__(input_names=[port.get_any_name() for port in compiled.inputs], **common)
         self.precision = precision
         self.request = compiled.create_infer_request()
         self.port = compiled.output(output_name)
+        self._free: list[Any] = []
+        self._stream_port: Any = None
+        self.passes = 1
+
+    def use_streams(self, streams: Any, output_name: str) -> None:
+        """Compute parallel passes on ``streams``, the graph compiled for several streams (one request each)."""
+        self._free = [streams.create_infer_request() for _ in range(streams_of(streams))]
+        self._stream_port = streams.output(output_name)
+        self.passes = len(self._free)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's output for one batch, copied out of the request's buffer (the next run reuses it)."""
         return np.array(self.request.infer(feeds)[self.port], copy=True)
 
+    def start(self, prepared: Padded, landed: Callable[[], None]) -> tuple[Any, Padded]:
+        """Start a pass on a free stream; ``landed`` runs on OpenVINO's thread when it ends."""
+        request = self._free.pop()
+        request.set_callback(lambda _: landed(), None)
+        try:
+            request.start_async(prepared.feeds)
+        except BaseException:
+            self._free.append(request)
+            raise
+        return request, prepared
 
-def compile_graph(graph: Graph, precision: str, threads: int) -> Any:
-    """Compile for the CPU: one stream, ``threads`` threads, latency hint, the given inference precision."""
+    def collect(self, started: tuple[Any, Padded]) -> Iterable[Any]:
+        """The pooled results of a started pass; its stream is free again."""
+        request, prepared = started
+        try:
+            request.wait()  # raises what the pass raised
+            out = np.array(request.get_tensor(self._stream_port).data, copy=True)
+        finally:
+            self._free.append(request)
+        return self.finish((out, prepared))
+
+    def warmup(self, max_batch_tokens: int) -> ForwardCost:
+        """As every engine's, then the largest batch once on each stream (each keeps its own scratch memory)."""
+        cost = super().warmup(max_batch_tokens)
+        largest = self.prepare(uniform_batch(self.pad_id, min(self.max_len, max_batch_tokens), max_batch_tokens))
+        for request in self._free:
+            request.infer(largest.feeds)
+        return cost
+
+
+def compile_graph(graph: Graph, precision: str, threads: int, streams: int | None = 1) -> Any:
+    """Compile for the CPU with ``threads`` threads and the given inference precision: one stream with the latency
+    hint, or several streams sharing the threads with the throughput hint (``streams`` None: as many as OpenVINO
+    picks for this CPU)."""
     core = ov.Core()
-    config = {
+    config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": _PRECISIONS[precision],
         "INFERENCE_NUM_THREADS": threads,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
+        "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
         "CACHE_DIR": str(graph.cache.dir / "openvino"),
         "CPU_RUNTIME_CACHE_CAPACITY": KERNEL_CACHE_SHAPES,
     }
+    if streams is not None:
+        config["NUM_STREAMS"] = streams
     return core.compile_model(str(graph.path), "CPU", config)
+
+
+def streams_of(compiled: Any) -> int:
+    """How many streams a compiled model has."""
+    return int(compiled.get_property("NUM_STREAMS"))
+
+
+def parallel_copy(graph: Graph, precision: str, threads: int, passes: int | None, kind: str) -> Any:
+    """The streams copy for parallel passes, or None: with one thread, ``--parallel-passes 1``, a SPLADE model
+    (its large batches run in slices of inputs, one after another), or where OpenVINO picks one stream."""
+    if threads < 2 or passes == 1 or kind == "sparse":
+        return None
+    compiled = compile_graph(graph, precision, threads, passes)
+    return compiled if streams_of(compiled) > 1 else None
 
 
 def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_root: Path) -> tuple[ModelInfo, Any]:
@@ -101,6 +160,9 @@ def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_roo
         chosen = bf16 if pick_bf16(spec.dtype, found) else cast(OpenVinoRunner | None, reference.model)
     if chosen is None:
         chosen = runner("float32")
+    streams = parallel_copy(graph, chosen.precision, threads, spec.parallel_passes, desc.kind)
+    if streams is not None:
+        chosen.use_streams(streams, graph.output)
     express_precision = chosen.precision
     chosen.express_factory = lambda: OpenVinoRunner(
         compile_graph(graph, express_precision, EXPRESS_THREADS), graph.output, express_precision,
@@ -109,6 +171,6 @@ def load(desc: ModelDescription, spec: ModelSettings, *, threads: int, cache_roo
     dtype = "bfloat16" if chosen.precision == "bfloat16" else "float32"
     info = desc.info(
         architecture=architecture(desc), dtype=dtype, device="cpu", engine="openvino", agreement=found,
-        length_multiple=chosen.length_multiple,
+        length_multiple=chosen.length_multiple, passes=chosen.passes,
     )  # fmt: skip
     return info, chosen

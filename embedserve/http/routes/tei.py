@@ -172,16 +172,18 @@ async def metrics(request: Request) -> Response:
 
 
 def _engine(runtime: ModelRuntime) -> dict[str, Any]:
-    """How the model runs: the engine, its quantization, whether torch runs a trace, and the agreement of a reduced
-    precision with float32."""
+    """How the model runs: the engine, its quantization, whether torch runs a trace, how many passes compute at once,
+    and the agreement of a reduced precision with float32."""
     model = runtime.info
     if model is None:
-        return {"name": runtime.spec.engine, "quantize": runtime.spec.quantize, "graph": None, "agreement": None}
+        return {"name": runtime.spec.engine, "quantize": runtime.spec.quantize, "graph": None, "passes": None,
+                "agreement": None}  # fmt: skip
     agreement = model.agreement
     return {
         "name": model.engine,
         "quantize": model.quantize,
         "graph": model.graph,
+        "passes": model.passes,
         "agreement": None
         if agreement is None
         else {
