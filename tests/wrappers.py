@@ -102,6 +102,7 @@ class Parallel(Delegating):
     def __init__(self, inner: InferenceModel, poison_id: int = -1) -> None:
         super().__init__(inner)
         self.passes = cast(ParallelModel, inner).passes
+        self.most_tokens = cast(ParallelModel, inner).most_tokens
         self.poison_id = poison_id
         self.computing = 0
         self.most_at_once = 0

@@ -120,9 +120,10 @@ class BackendThread:
             self._deliver(batch, outputs)
 
     def _parallel(self, model: ParallelModel, queue: BatchQueue) -> None:
-        """Up to ``model.passes`` batches compute at once while more than one is waiting; a batch that finds nothing
-        else running or queued computes alone, on every thread. The engine's threads report each pass's end
-        (``landed``, then a wake-up of the queue's wait), and this thread collects and delivers it."""
+        """Up to ``model.passes`` batches compute at once while more than one is waiting. A batch that finds nothing
+        else running or queued, or is larger than a parallel pass takes (after the running ones end), computes
+        alone, on every thread. The engine's threads report each pass's end (``landed``, then a wake-up of the
+        queue's wait), and this thread collects and delivers it."""
         landed: deque[Batch] = deque()
         running: dict[int, tuple[Batch, Any]] = {}
 
@@ -133,29 +134,36 @@ class BackendThread:
 
         while queue.wait(room=len(running) < model.passes, woken=lambda: bool(landed)):
             while landed:
-                done = landed.popleft()
-                self._collect(done, functools.partial(model.collect, running.pop(id(done))[1]))
-            while len(running) < model.passes:
-                batch = queue.take(block=False)
-                ahead = None if batch is None else self._prepare(batch)
-                if ahead is None:
-                    if batch is None:
-                        break
-                    continue
+                done = running.pop(id(landed.popleft()), None)
+                if done is not None:  # else collected already, while a large batch waited for it
+                    self._collect(done[0], functools.partial(model.collect, done[1]))
+            while len(running) < model.passes and (ahead := self._next(queue)) is not None:
                 batch, prepared = ahead
-                batch.t_start = time.perf_counter()
-                if not running and not len(queue):  # alone: every thread, as without parallel passes
+                if batch.padded_tokens > model.most_tokens or (not running and not len(queue)):
+                    for other, started in running.values():  # a large batch waits for the running passes
+                        self._collect(other, functools.partial(model.collect, started))
+                    running.clear()
+                    batch.t_start = time.perf_counter()
                     self._collect(batch, functools.partial(_alone, model, prepared))
                     break
                 for other, _ in running.values():
                     other.shared += 1
                 batch.shared = len(running) + 1
+                batch.t_start = time.perf_counter()
                 try:
                     running[id(batch)] = batch, model.start(prepared, functools.partial(ended, batch))
                 except Exception as exc:
                     self._failed(batch, exc)
         for batch, started in running.values():  # closed: the passes in flight still finish and answer
             self._collect(batch, functools.partial(model.collect, started))
+
+    def _next(self, queue: BatchQueue) -> tuple[Batch, Any] | None:
+        """The next batch, prepared, without waiting; None when nothing is queued."""
+        while (batch := queue.take(block=False)) is not None:
+            ahead = self._prepare(batch)
+            if ahead is not None:
+                return ahead
+        return None
 
     def _collect(self, batch: Batch, results: Callable[[], Iterable[Any]]) -> None:
         try:

@@ -134,6 +134,9 @@ class ParallelModel(InferenceModel, Protocol):
 
     passes: int
     """How many passes :meth:`start` may have computing at once."""
+    most_tokens: int
+    """The largest batch (inputs x padded length) :meth:`start` takes; a larger one goes through :meth:`launch`,
+    alone."""
 
     def start(self, prepared: Any, landed: Callable[[], None]) -> Any:
         """Start a pass on a free share of the threads and return at once; ``landed`` is called, on another thread,

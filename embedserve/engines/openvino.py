@@ -42,6 +42,12 @@ KERNEL_CACHE_SHAPES = 512
 past 1 GiB under varied traffic with exact lengths). Each kept shape costs about 0.4 MiB: at most about 200 MiB."""
 
 
+PARALLEL_PASS_TOKENS = 2048
+"""The largest batch (inputs x padded length) a parallel pass takes; a larger one computes alone, on every thread.
+Large batches gain little from streams (each operator's work dwarfs the threads' wait for each other), and each
+stream keeps scratch memory for the largest shape it has run: warming both streams up with a full 32 x 256-token
+batch of all-MiniLM-L6-v2 took 580 MiB more, and 4.5 s."""
+
 EXPRESS_THREADS = 1
 """Threads of the express lane's copy of the model (a second compiled model: one compiled model computes one
 request at a time, so a second infer request on it waited for the first). In-process on 2 cores, MiniLM, a 9-token
@@ -62,6 +68,7 @@ class OpenVinoRunner(ArrayRunner):
         self._free: list[Any] = []
         self._stream_port: Any = None
         self.passes = 1
+        self.most_tokens = PARALLEL_PASS_TOKENS
 
     def use_streams(self, streams: Any, output_name: str) -> None:
         """Compute parallel passes on ``streams``, the graph compiled for several streams (one request each)."""
@@ -95,9 +102,11 @@ class OpenVinoRunner(ArrayRunner):
         return self.finish((out, prepared))
 
     def warmup(self, max_batch_tokens: int) -> ForwardCost:
-        """As every engine's, then the largest batch once on each stream (each keeps its own scratch memory)."""
+        """As every engine's, then the largest batch a parallel pass takes once on each stream (each keeps its own
+        scratch memory for the largest shape it has run)."""
         cost = super().warmup(max_batch_tokens)
-        largest = self.prepare(uniform_batch(self.pad_id, min(self.max_len, max_batch_tokens), max_batch_tokens))
+        tokens = min(max_batch_tokens, self.most_tokens)
+        largest = self.prepare(uniform_batch(self.pad_id, min(self.max_len, tokens), tokens))
         for request in self._free:
             request.infer(largest.feeds)
         return cost
