@@ -77,13 +77,18 @@ CALIBRATION_QUANTILE = 0.99
 """The share of admitted requests whose wait should stay within the limit (a p99 bound, as the issue's target)."""
 
 MIN_CALIBRATED_SHARE = 0.5
-"""Only predictions of at least this share of the lane's limit are compared with what happened: the calibration is
-for the waits admission decides on. A short prediction's error is mostly the batch already running, which adds the
-same few tens of milliseconds whatever the queue holds; scaling a full queue's prediction by that ratio refused work
-the model had time for (128 clients in closed loop lost a quarter of their throughput)."""
+"""Only predictions of at least this share of the lane's limit, as calibrated (the raw figure times the current
+factor), are compared with what happened: the calibration is for the waits admission decides on. A short
+prediction's error is mostly the batch already running, which adds the same few tens of milliseconds whatever the
+queue holds; scaling a full queue's prediction by that ratio refused work the model had time for (128 clients in
+closed loop lost a quarter of their throughput). Selecting on the calibrated figure, not the raw one, keeps samples
+coming whatever the factor: admission only lets in raw predictions up to the limit divided by the factor, so with a
+factor over 1 / this share a raw threshold saw no sample again and the factor stayed where it was (the torch engine
+kept a factor near 4 after a burst, refusing a tenth of a steady 32-client load it had time for)."""
 
 MIN_CALIBRATED_WAIT_S = 0.05
-"""Nor predictions shorter than this (a lane limit of 0.1 s or less): scheduling noise would swamp them."""
+"""Nor calibrated predictions shorter than this (a lane limit of 0.1 s or less): scheduling noise would swamp
+them."""
 
 CALIBRATION_BOUNDS = (0.5, 4.0)
 """How far the measured ratio may move a prediction, either way."""
@@ -92,7 +97,7 @@ CALIBRATION_BOUNDS = (0.5, 4.0)
 class WaitCalibration:
     """How much longer (or shorter) admitted requests of one lane really waited for their first forward pass than
     predicted: the :data:`CALIBRATION_QUANTILE` of actual / predicted over the last :data:`CALIBRATION_SAMPLES`
-    requests predicted to wait at least half their lane's limit (:data:`MIN_CALIBRATED_SHARE`).
+    requests whose calibrated prediction was at least half their lane's limit (:data:`MIN_CALIBRATED_SHARE`).
 
     The raw prediction (tokens ahead / measured tokens per second) is right on average but not at the tail: packing
     lets younger inputs of similar length ride ahead of older ones, the speed moves with the traffic's lengths, and a
@@ -105,9 +110,9 @@ class WaitCalibration:
         self.factor = 1.0
 
     def observe(self, predicted: float, actual: float, limit: float) -> None:
-        """A request predicted to wait ``predicted`` seconds, against a lane limit of ``limit`` seconds, started
-        computing after ``actual``."""
-        if predicted < max(MIN_CALIBRATED_WAIT_S, MIN_CALIBRATED_SHARE * limit):
+        """A request predicted (raw) to wait ``predicted`` seconds, against a lane limit of ``limit`` seconds,
+        started computing after ``actual``."""
+        if predicted <= 0 or predicted * self.factor < max(MIN_CALIBRATED_WAIT_S, MIN_CALIBRATED_SHARE * limit):
             return
         self._ratios.append(actual / predicted)
         self._fresh += 1

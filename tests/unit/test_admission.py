@@ -63,6 +63,19 @@ def test_the_calibration_is_the_99th_percentile_of_actual_over_predicted_waits()
     assert calibration.factor == CALIBRATION_BOUNDS[1]
 
 
+def test_the_calibration_keeps_learning_after_its_factor_passed_two():
+    calibration = WaitCalibration()
+    for _ in range(256):  # a burst: waits three times their prediction
+        calibration.observe(0.6, 1.8, limit=1.0)
+    assert calibration.factor == pytest.approx(3.0)
+    # Admission now lets in raw predictions up to 1 / 3 s only; they are still the waits it decides on.
+    for _ in range(512):  # the burst is over: waits are as predicted
+        calibration.observe(0.3, 0.33, limit=1.0)
+    assert calibration.factor == pytest.approx(1.1)
+    calibration.observe(0.3, 30.0, limit=1.0)  # 0.3 x 1.1 is under half the limit now: ignored
+    assert calibration.factor == pytest.approx(1.1)
+
+
 def test_admission_scales_each_lanes_prediction_by_its_calibration_and_returns_the_raw_figure():
     admission = Admission(512, max_queue_time=1.0, throughput=Throughput(1_000.0))
     raw = admission.admit(1, 1.0, tokens_ahead=800.0, deadline_in=None, name="m")
