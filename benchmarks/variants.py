@@ -30,6 +30,7 @@ CEILING_ENGINES = (
     "onnx-int8",
     "openvino",
     "openvino-bf16",
+    "openvino-bf16-streams",
 )
 
 

@@ -87,10 +87,12 @@ def model_settings(path: Path, **overrides: object) -> ModelSettings:
     """Model settings for a local model with test-friendly defaults: float32, so that vectors can be compared with
     the float32 references exactly (reduced precisions have tests of their own), the session's engine cache, and a
     --max-queue-time long enough that a burst of test requests on a busy CI box is never refused by the predicted
-    wait (admission has tests of its own)."""
+    wait (admission has tests of its own), and one forward pass at a time: OpenVINO's parallel passes compile a
+    second copy of every model, seconds per server start over the suite's hundreds (they have tests of their own in
+    test_parallel_passes, and the command-line tests start servers with the default flags)."""
     values: dict[str, object] = {"model_id": str(path), "served_model_name": "minilm", "tokenization_workers": 2,
                                  "dtype": "float32", "engine_cache_dir": str(ENGINE_CACHE),
-                                 "max_queue_time": 30.0}  # fmt: skip
+                                 "max_queue_time": 30.0, "parallel_passes": 1}  # fmt: skip
     values.update(overrides)
     return ModelSettings(**values)  # type: ignore[arg-type]
 
