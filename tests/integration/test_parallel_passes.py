@@ -6,13 +6,17 @@ only counts passes and injects the one failure."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from embedserve.core.backend import COMPUTE_NICENESS
 from embedserve.settings import CacheSettings
 from tests.conftest import model_settings, run_server
 from tests.wrappers import Parallel, wrapping
@@ -83,3 +87,24 @@ def test_parallel_passes_1_computes_one_batch_at_a_time(minilm_path):
     with run_server(settings(minilm_path, parallel_passes=1)) as server, httpx.Client(base_url=server.url) as client:
         assert client.get("/info").json()["engine"]["passes"] == 1
         assert client.post("/embed", json={"inputs": "one at a time"}).status_code == 200
+
+
+def _nice(tid: str) -> int:
+    return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_backend_and_engine_threads_run_at_a_lower_priority_than_the_event_loop(minilm_path):
+    with run_server(settings(minilm_path)) as server, httpx.Client(base_url=server.url) as client:
+        assert client.post("/embed", json={"inputs": ["one", "two"]}).status_code == 200
+        main, lowered = _nice(str(os.getpid())), min(19, _nice(str(os.getpid())) + COMPUTE_NICENESS)
+        named = {t.name: str(t.native_id) for t in threading.enumerate()}
+        backend = [tid for name, tid in named.items() if name.startswith("embedserve-backend")]
+        tokenizers = [tid for name, tid in named.items() if name.startswith("embedserve-tokenize")]
+        assert backend
+        assert tokenizers
+        assert all(_nice(tid) == lowered for tid in backend)
+        assert all(_nice(tid) == main for tid in tokenizers)
+        # OpenVINO's own threads (not Python's) were started from the backend thread and inherit its priority.
+        python = set(named.values())
+        engine = [tid for tid in os.listdir("/proc/self/task") if tid not in python and _nice(tid) == lowered]
+        assert engine
