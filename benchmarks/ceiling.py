@@ -25,7 +25,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -62,9 +62,8 @@ def throughput(encoder: engines.Encoder, texts: Sequence[str], batch_sizes: Sequ
 
 def _embed_all(encoder: engines.Encoder, batches: Sequence[Sequence[str]]) -> None:
     """Every batch: several at once where the engine computes on streams, else one after another."""
-    many = getattr(encoder, "embed_batches", None)
-    if many is not None:
-        many(batches)
+    if getattr(encoder, "streams", 1) > 1:
+        cast(engines.OpenVinoEncoder, encoder).embed_batches(batches)
         return
     for batch in batches:
         encoder.embed(batch)

@@ -255,9 +255,8 @@ class OpenVinoEncoder(_GraphEncoder):
 
     def embed_batches(self, batches: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Every batch's vectors, computed on the streams (as many batches at once as there are streams); the next
-        batch is tokenized while the others compute. Without streams, one batch after another."""
-        if self.queue is None:
-            return [self.embed(batch) for batch in batches]
+        batch is tokenized while the others compute. Only for an encoder built with streams."""
+        assert self.queue is not None, "built without streams: embed one batch after another"
         out: list[np.ndarray] = [np.zeros(0)] * len(batches)
 
         def done(request: Any, slot: tuple[int, np.ndarray]) -> None:

@@ -93,7 +93,8 @@ class ModelSettings:
             "finds nothing else waiting still runs alone, on every thread). Side by side, one-thread passes do not "
             "wait on each other at the end of every operator as the threads of one pass do: on 2 cores, 32 clients "
             "of mixed lengths got 169 instead of 153 emb/s. Default: OpenVINO's choice for the CPU (2 on 2 cores). "
-            "It costs a second compiled copy of the model (about 160 MiB for all-MiniLM-L6-v2); 1 turns it off. "
+            "It costs a second compiled copy of the model (about 260 MiB more RSS for all-MiniLM-L6-v2, its streams' "
+            "scratch included); 1 turns it off. "
             "SPLADE models and the other engines compute one pass at a time."
         ),
     )

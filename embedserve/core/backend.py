@@ -145,9 +145,7 @@ class BackendThread:
             while len(running) < model.passes and (ahead := self._next(queue)) is not None:
                 batch, prepared = ahead
                 if batch.padded_tokens > model.most_tokens or (not running and not len(queue)):
-                    for other, started in running.values():  # a large batch waits for the running passes
-                        self._collect(other, functools.partial(model.collect, started))
-                    running.clear()
+                    self._collect_running(model, running)  # a large batch waits for the running passes
                     batch.t_start = time.perf_counter()
                     self._collect(batch, functools.partial(_alone, model, prepared))
                     break
@@ -159,8 +157,13 @@ class BackendThread:
                     running[id(batch)] = batch, model.start(prepared, functools.partial(ended, batch))
                 except Exception as exc:
                     self._failed(batch, exc)
-        for batch, started in running.values():  # closed: the passes in flight still finish and answer
+        self._collect_running(model, running)  # closed: the passes in flight still finish and answer
+
+    def _collect_running(self, model: ParallelModel, running: dict[int, tuple[Batch, Any]]) -> None:
+        """Wait for every pass in flight and deliver it; none is left running."""
+        for batch, started in running.values():
             self._collect(batch, functools.partial(model.collect, started))
+        running.clear()
 
     def _next(self, queue: BatchQueue) -> tuple[Batch, Any] | None:
         """The next batch, prepared, without waiting; None when nothing is queued."""

@@ -60,6 +60,8 @@ class OpenVinoRunner(ArrayRunner):
     (the same graph compiled for several streams of fewer threads each) it is also a
     :class:`~embedserve.engines.base.ParallelModel`: one infer request per stream, started asynchronously."""
 
+    most_tokens = PARALLEL_PASS_TOKENS
+
     def __init__(self, compiled: Any, output_name: str, precision: str, **common: Any) -> None:
         super().__init__(input_names=[port.get_any_name() for port in compiled.inputs], **common)
         self.precision = precision
@@ -68,7 +70,6 @@ class OpenVinoRunner(ArrayRunner):
         self._free: list[Any] = []
         self._stream_port: Any = None
         self.passes = 1
-        self.most_tokens = PARALLEL_PASS_TOKENS
 
     def use_streams(self, streams: Any, output_name: str) -> None:
         """Compute parallel passes on ``streams``, the graph compiled for several streams (one request each)."""
